@@ -1,0 +1,280 @@
+"""The one typed configuration that decides results.
+
+Every field that changes what a run computes lives here, with a docstring. Infrastructure
+(addresses, credentials, pools) lives in the environment and in ``deploy/``, never here.
+The whole object is saved in every checkpoint and logged with every run.
+
+Load with :func:`load_config` (a preset, then an optional YAML file, then ``key=value``
+overrides). Unknown keys are errors that name the key.
+
+Conventions: ``*_vox`` sizes are voxel counts in array order (z, y, x); ``*_mm`` spacings are in
+millimetres in ITK order (x, y, z).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+Triple = tuple[int, int, int]
+TripleF = tuple[float, float, float]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+class PreprocessConfig(_Section):
+    """How raw CT becomes the canonical int16 store (ingest)."""
+
+    target_spacing_mm: TripleF | None = Field(
+        None, description="Output spacing (x, y, z) in mm; None = the dataset's median spacing."
+    )
+    chunk_vox: Triple = Field((32, 64, 64), description="Zarr chunk shape (z, y, x) for image and label.")
+    shard_vox: Triple | None = Field(
+        None,
+        description="Zarr shard shape (z, y, x). None = no shards on local disk, (128, 256, 256) "
+        "on object stores (fewer, larger objects).",
+    )
+    zstd_level: int = Field(3, ge=1, le=22, description="zstd compression level of the arrays.")
+    allow_non_ct: bool = Field(False, description="Accept DICOM modalities other than CT.")
+    spacing_tolerance: float = Field(
+        0.1, gt=0, description="Relative tolerance on slice spacing uniformity before a series is refused."
+    )
+    hu_range_check: TripleF = Field(
+        (-2048.0, 4095.0, 0.0),
+        description="(min, max, unused) plausible HU; a volume whose values fall mostly outside is refused.",
+    )
+
+
+class IntensityConfig(_Section):
+    """Training-time intensity mapping of stored HU (recorded in the pretraining contract)."""
+
+    hu_window: tuple[float, float] = Field((-1024.0, 325.0), description="HU clip range before normalisation.")
+    normalisation: Literal["zscore", "minmax"] = Field(
+        "zscore", description="zscore: (x - mean) / std with the dataset's clipped-HU stats; minmax: to [0, 1]."
+    )
+    mean_hu: float | None = Field(None, description="Override the z-score mean (None = from the manifests).")
+    std_hu: float | None = Field(None, description="Override the z-score std (None = from the manifests).")
+
+
+class ViewConfig(_Section):
+    """PGL two-view sampling (PGL.md, Views)."""
+
+    patch_vox: Triple = Field((16, 96, 96), description="View size (D, H, W) fed to the network.")
+    scale_range: tuple[float, float] = Field((1.1, 1.4), description="Crop box / patch size ratio, per axis.")
+    min_overlap: float = Field(0.1, ge=0.0, lt=1.0, description="Minimum overlap volume / box volume.")
+    max_tries: int = Field(20, ge=1, description="Redraws before the offset is shrunk to force overlap.")
+    flip_p: float = Field(0.5, ge=0, le=1, description="Per-axis flip probability.")
+    rotate90: bool = Field(False, description="In-plane (H, W) 90-degree rotations.")
+    noise_p: float = Field(0.1, ge=0, le=1, description="Gaussian noise probability.")
+    noise_var_max: float = Field(0.1, ge=0, description="Noise variance drawn from U(0, this).")
+    blur_p: float = Field(0.2, ge=0, le=1, description="Gaussian blur probability.")
+    blur_sigma: tuple[float, float] = Field((0.5, 1.0), description="Blur sigma range in voxels.")
+    contrast_p: float = Field(0.5, ge=0, le=1, description="Brightness/contrast multiplier probability.")
+    contrast_range: tuple[float, float] = Field((0.75, 1.25), description="Multiplier range.")
+    gamma_p: float = Field(0.5, ge=0, le=1, description="Gamma probability (on [0, 1]-rescaled values).")
+    gamma_range: tuple[float, float] = Field((0.7, 1.5), description="Gamma range.")
+
+
+class ModelConfig(_Section):
+    """Residual 3D U-Net-style encoder with a light decoder."""
+
+    in_channels: int = Field(1, ge=1, description="Input channels.")
+    widths: tuple[int, ...] = Field((32, 64, 128, 256, 320), description="Channels per encoder stage.")
+    strides: tuple[Triple, ...] = Field(
+        ((1, 1, 1), (1, 2, 2), (2, 2, 2), (2, 2, 2), (1, 2, 2)),
+        description="Downsampling stride (D, H, W) entering each stage (first is the stem).",
+    )
+    blocks_per_stage: int = Field(1, ge=1, description="Residual blocks per encoder stage.")
+    norm: Literal["instance", "batch", "group"] = Field("instance", description="Normalisation layer.")
+    projector_hidden: int = Field(1024, ge=1, description="Hidden width of global projector/predictor MLPs.")
+    projector_dim: int = Field(256, ge=1, description="Output width of projectors and predictors.")
+    local_hidden: int = Field(256, ge=1, description="Hidden width of the 1x1x1 local projector/predictor.")
+
+
+class LossConfig(_Section):
+    """PGL objective: L = L_global + local_weight * L_local."""
+
+    mode: Literal["pgl", "global", "local"] = Field("pgl", description="pgl = both; global = BYOL; local only.")
+    local_weight: float = Field(1.0, ge=0, description="lambda on the local loss.")
+    local_levels: tuple[str, ...] = Field(
+        ("bottleneck",), description="Feature levels with a local loss: 'bottleneck' and/or 'decoder_s4'."
+    )
+
+
+class OptimConfig(_Section):
+    """Optimiser and schedules."""
+
+    name: Literal["adamw", "lars", "sgd"] = Field("adamw", description="Optimiser.")
+    lr: float = Field(1e-3, gt=0, description="Peak learning rate.")
+    weight_decay: float = Field(1e-5, ge=0, description="Weight decay.")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD/LARS momentum.")
+    warmup_steps: int = Field(100, ge=0, description="Linear warm-up steps before the cosine decay.")
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="Final lr as a fraction of the peak.")
+    grad_clip: float = Field(3.0, ge=0, description="Max global grad norm (0 disables).")
+    ema_tau: float = Field(0.996, ge=0, le=1, description="EMA momentum at step 0; rises to 1 on a cosine.")
+
+
+class TrainConfig(_Section):
+    """Pretraining loop."""
+
+    steps: int = Field(1000, ge=1, description="Optimisation steps.")
+    batch_size: int = Field(8, ge=1, description="Global batch (split across ranks).")
+    seed: int = Field(0, description="Seed for weights, sampling and augmentation.")
+    loader_workers: int = Field(2, ge=0, description="Data-loader worker processes per rank.")
+    crops_per_volume: int = Field(4, ge=1, description="Crops drawn per case visit (amortises opens).")
+    amp: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto = bf16 on CUDA, fp32 on CPU.")
+    tf32: bool = Field(True, description="Allow TF32 matmuls on CUDA.")
+    compile: bool = Field(False, description="torch.compile the model.")
+    log_every: int = Field(10, ge=1, description="Steps between metric records.")
+    checkpoint_every_steps: int = Field(500, ge=1, description="Checkpoint interval in steps.")
+    checkpoint_every_minutes: float = Field(30.0, gt=0, description="Checkpoint interval in minutes.")
+    keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept (older are deleted).")
+
+
+class FinetuneConfig(_Section):
+    """Supervised fine-tuning of a segmentation U-Net."""
+
+    steps: int = Field(1000, ge=1, description="Optimisation steps.")
+    batch_size: int = Field(2, ge=1, description="Global batch.")
+    patch_vox: Triple = Field((48, 160, 160), description="Training patch (D, H, W).")
+    lr: float = Field(1e-2, gt=0, description="Peak learning rate.")
+    optimizer: Literal["sgd", "adamw"] = Field("sgd", description="Optimiser.")
+    labelled: float = Field(1.0, gt=0, description="Labelled cases used: a count (>= 1) or a fraction (< 1).")
+    val_fraction: float = Field(0.2, ge=0, lt=1, description="Fraction of labelled cases for validation.")
+    test_fraction: float = Field(0.2, ge=0, lt=1, description="Fraction of labelled cases held out for test.")
+    foreground_p: float = Field(0.67, ge=0, le=1, description="Probability a patch is centred on foreground.")
+    seed: int = Field(0, description="Seed for split, weights and sampling.")
+    eval_every: int = Field(100, ge=1, description="Steps between validation passes.")
+    sw_overlap: float = Field(0.5, ge=0, lt=1, description="Sliding-window overlap at evaluation.")
+    nsd_tolerance_mm: float = Field(2.0, gt=0, description="Normalised surface Dice tolerance in mm.")
+
+
+class PGLConfig(_Section):
+    """Everything that decides results."""
+
+    preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
+    intensity: IntensityConfig = Field(default_factory=IntensityConfig)
+    views: ViewConfig = Field(default_factory=ViewConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid; the message names the key."""
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {},
+    "tiny": {
+        "views": {"patch_vox": (16, 32, 32)},
+        "model": {
+            "widths": (8, 16, 32, 32),
+            "strides": ((1, 1, 1), (1, 2, 2), (2, 2, 2), (2, 2, 2)),
+            "projector_hidden": 64,
+            "projector_dim": 32,
+            "local_hidden": 32,
+        },
+        "train": {"steps": 50, "batch_size": 4, "loader_workers": 0, "log_every": 5,
+                  "checkpoint_every_steps": 25},
+        "optim": {"warmup_steps": 5},
+        "finetune": {"steps": 60, "batch_size": 2, "patch_vox": (16, 48, 48), "optimizer": "adamw",
+                     "lr": 3e-3, "eval_every": 20},
+    },
+}
+
+
+def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _parse_override(item: str) -> dict[str, Any]:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not of the form section.key=value")
+    dotted, raw = item.split("=", 1)
+    value = yaml.safe_load(raw) if raw.strip() else None
+    if isinstance(value, list):
+        value = _listify_to_tuple(value)
+    out: dict[str, Any] = {}
+    cur = out
+    parts = dotted.strip().split(".")
+    for part in parts[:-1]:
+        cur = cur.setdefault(part, {})
+    cur[parts[-1]] = value
+    return out
+
+
+def _listify_to_tuple(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(_listify_to_tuple(v) for v in value)
+    return value
+
+
+def _format_validation(err: ValidationError, origin: str) -> str:
+    lines = [f"invalid configuration ({origin}):"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        lines.append(f"  {loc}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    preset: str = "paper",
+) -> PGLConfig:
+    """Build the config: ``preset`` defaults, then the YAML ``path``, then ``overrides``.
+
+    Raises :class:`ConfigError` naming the unknown key or invalid value.
+    """
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    data: dict[str, Any] = dict(PRESETS[preset])
+    origin = f"preset {preset}"
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        loaded = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {p} must hold a mapping at the top level")
+        data = _deep_merge(data, loaded)
+        origin += f" + {p}"
+    for item in overrides:
+        data = _deep_merge(data, _parse_override(item))
+    if overrides:
+        origin += " + overrides " + " ".join(overrides)
+    try:
+        return PGLConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_validation(err, origin)) from None
+
+
+def config_to_dict(cfg: PGLConfig) -> dict[str, Any]:
+    """Plain JSON-safe dict (tuples become lists), for checkpoints and tracking."""
+    return cfg.model_dump(mode="json")
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (for tracking params)."""
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out

@@ -1,0 +1,32 @@
+"""Errors raised by ``storage``. Each names the case, file or value at fault."""
+
+from __future__ import annotations
+
+
+class StorageError(Exception):
+    """Base class for storage problems."""
+
+
+class RefusedInput(StorageError):
+    """Input that would make a wrong volume, refused with a reason.
+
+    ``source`` is the offending file or folder, ``reason`` a short human sentence.
+    """
+
+    def __init__(self, source: str, reason: str) -> None:
+        super().__init__(f"{source}: {reason}")
+        self.source = source
+        self.reason = reason
+
+
+class UnreadableInput(StorageError):
+    """A file that cannot be decoded (truncated, corrupt, unsupported)."""
+
+    def __init__(self, source: str, reason: str) -> None:
+        super().__init__(f"{source}: {reason}")
+        self.source = source
+        self.reason = reason
+
+
+class TransientIOError(StorageError):
+    """A storage failure worth retrying (network, throttling)."""

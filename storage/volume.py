@@ -1,0 +1,67 @@
+"""The canonical in-memory CT volume shared by readers, geometry and the store.
+
+A :class:`Volume` follows the ITK / SimpleITK convention: ``array`` is indexed (z, y, x);
+``spacing_mm`` and ``origin_mm`` are (x, y, z) in millimetres in LPS patient coordinates;
+``direction`` is the 3x3 direction-cosine matrix, row-major, 9 numbers. So
+``sitk.GetImageFromArray(array)`` + SetSpacing/SetOrigin/SetDirection rebuilds the exact image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+
+@dataclass
+class Volume:
+    """A 3D scalar image. ``array``: (z, y, x); geometry in ITK convention (see module doc)."""
+
+    array: np.ndarray
+    spacing_mm: tuple[float, float, float]
+    origin_mm: tuple[float, float, float]
+    direction: tuple[float, ...]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.array.ndim != 3:
+            raise ValueError(f"Volume needs a 3D array (z, y, x), got shape {self.array.shape}")
+        self.spacing_mm = tuple(float(s) for s in self.spacing_mm)  # type: ignore[assignment]
+        self.origin_mm = tuple(float(o) for o in self.origin_mm)  # type: ignore[assignment]
+        self.direction = tuple(float(d) for d in self.direction)
+        if len(self.spacing_mm) != 3 or len(self.origin_mm) != 3 or len(self.direction) != 9:
+            raise ValueError("Volume geometry needs 3 spacings, 3 origin values and 9 direction values")
+
+    @property
+    def shape_zyx(self) -> tuple[int, int, int]:
+        return tuple(int(s) for s in self.array.shape)  # type: ignore[return-value]
+
+    def to_sitk(self) -> sitk.Image:
+        img = sitk.GetImageFromArray(np.ascontiguousarray(self.array))
+        img.SetSpacing(self.spacing_mm)
+        img.SetOrigin(self.origin_mm)
+        img.SetDirection(self.direction)
+        return img
+
+    @classmethod
+    def from_sitk(cls, img: sitk.Image, meta: dict[str, Any] | None = None) -> "Volume":
+        if img.GetDimension() != 3:
+            raise ValueError(f"expected a 3D image, got {img.GetDimension()}D")
+        return cls(
+            array=sitk.GetArrayFromImage(img),
+            spacing_mm=img.GetSpacing(),
+            origin_mm=img.GetOrigin(),
+            direction=img.GetDirection(),
+            meta=dict(meta or {}),
+        )
+
+    def geometry(self) -> dict[str, Any]:
+        """JSON-safe geometry (the store's case attributes use these keys)."""
+        return {
+            "spacing": list(self.spacing_mm),
+            "origin": list(self.origin_mm),
+            "direction": list(self.direction),
+            "shape_zyx": list(self.shape_zyx),
+        }
