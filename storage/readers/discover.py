@@ -1,0 +1,175 @@
+"""Case discovery: turn an input folder (local or any fsspec URI) into a sorted list of cases.
+
+Layouts:
+- MSD: ``dataset.json`` and/or ``imagesTr`` (+ ``labelsTr`` matched by file name, + optional
+  ``imagesTs``). Label names come from ``dataset.json`` (``{"0": "background"}`` or the
+  nnU-Net v2 form ``{"background": 0}``).
+- Folder: every volume file (.nii, .nii.gz, .nrrd, .nhdr, .mha, .mhd) is one unlabelled case.
+- DICOM: files of any name are sniffed; one case per series key (see ``storage.readers.dicom``).
+Folders and files may be mixed. Hidden files (``.*``, including macOS ``._*``) are skipped;
+non-image files are ignored silently; unreadable DICOM headers and image-less series are
+reported as problems. Only headers are read, never pixel data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import defaultdict
+from dataclasses import dataclass
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+from storage.errors import UnreadableInput
+from storage.readers.dicom import DicomHeader, case_id_for, looks_like_dicom, read_header
+from storage.readers.image_file import file_stem, image_suffix
+
+_NOT_IMAGE_SUFFIXES = (
+    ".json", ".txt", ".md", ".csv", ".tsv", ".py", ".yaml", ".yml", ".xml", ".html", ".pdf", ".png",
+    ".jpg", ".jpeg", ".zip", ".tar", ".whl", ".pyc", ".dump", ".icc", ".log", ".raw", ".zraw", ".gz",
+)
+
+
+@dataclass(frozen=True)
+class CaseSource:
+    """One case to ingest: where its files are, never who it is."""
+
+    case_id: str
+    kind: str  # "dicom" | "image"
+    image_uris: tuple[str, ...]
+    label_uri: str | None
+    split: str  # "train" | "test" | "unlabelled"
+
+
+class _Tree:
+    """A file system and a root, producing URIs in the caller's form (plain paths locally)."""
+
+    def __init__(self, input_uri: str, storage_options: dict | None) -> None:
+        self.fs, self.root = fsspec.core.url_to_fs(input_uri, **(storage_options or {}))
+        self.local = isinstance(self.fs, LocalFileSystem)
+        self.root = self.root.rstrip("/") or "/"
+
+    def uri(self, path: str) -> str:
+        return path if self.local else self.fs.unstrip_protocol(path)
+
+    def rel(self, path: str) -> str:
+        return path[len(self.root):].lstrip("/")
+
+    def files(self) -> list[str]:
+        if self.fs.isfile(self.root):
+            return [self.root]
+        found = self.fs.find(self.root)
+        return sorted(p for p in found if not any(part.startswith(".") for part in self.rel(p).split("/")))
+
+
+def _label_names(tree: _Tree, files: list[str]) -> dict[int, str]:
+    meta = f"{tree.root}/dataset.json"
+    if meta not in files:
+        return {}
+    with tree.fs.open(meta, "rb") as fh:
+        labels = json.load(fh).get("labels") or {}
+    out: dict[int, str] = {}
+    for key, value in labels.items():
+        if str(key).lstrip("-").isdigit():
+            out[int(key)] = str(value)
+        elif isinstance(value, int):
+            out[value] = str(key)
+    return dict(sorted(out.items()))
+
+
+def _msd_cases(tree: _Tree, files: list[str]) -> list[CaseSource]:
+    by_rel = {tree.rel(p): p for p in files}
+    cases = []
+    for folder, split in (("imagesTr", "train"), ("imagesTs", "test")):
+        for rel, path in by_rel.items():
+            head, _, name = rel.rpartition("/")
+            if head != folder or image_suffix(name) is None:
+                continue
+            label = by_rel.get(f"labelsTr/{name}") if split == "train" else None
+            cases.append(CaseSource(file_stem(name), "image", (tree.uri(path),),
+                                    tree.uri(label) if label else None, split))
+    return cases
+
+
+def _file_cases(tree: _Tree, paths: list[str]) -> list[CaseSource]:
+    stems = defaultdict(list)
+    for path in paths:
+        stems[file_stem(path)].append(path)
+    cases = []
+    for stem, group in stems.items():
+        for path in group:
+            case_id = stem
+            if len(group) > 1:  # same stem in two folders or formats: disambiguate by path
+                case_id = f"{stem}-{hashlib.sha256(tree.rel(path).encode()).hexdigest()[:6]}"
+            cases.append(CaseSource(case_id, "image", (tree.uri(path),), None, "unlabelled"))
+    return cases
+
+
+def _sniff(tree: _Tree, path: str) -> DicomHeader | None:
+    """Header of a DICOM file; None for non-DICOM; UnreadableInput for a broken DICOM file."""
+    name = path.rsplit("/", 1)[-1]
+    with tree.fs.open(path, "rb") as fh:
+        head = fh.read(132)
+        if not looks_like_dicom(head, name):
+            return None
+        strong = head[128:132] == b"DICM" or name.lower().endswith((".dcm", ".dicom"))
+        fh.seek(0)
+        try:
+            return read_header(fh, tree.uri(path))
+        except UnreadableInput:
+            if strong:
+                raise
+            return None
+
+
+def _dicom_cases(headers: list[DicomHeader]) -> tuple[list[CaseSource], list[tuple[str, str]]]:
+    groups: dict[tuple[str, ...], list[DicomHeader]] = defaultdict(list)
+    for h in headers:
+        if not h.is_dicomdir:
+            groups[h.group_key].append(h)
+    cases, problems = [], []
+    for key, members in groups.items():
+        with_pixels = sorted(h.uri for h in members if h.has_pixels)
+        where = os.path.commonpath([h.uri for h in members]) if len(members) > 1 else members[0].uri
+        if not with_pixels:
+            problems.append((where, f"{len(members)} DICOM file(s) of one series without pixel data (not an image)"))
+            continue
+        if len(with_pixels) < len(members):
+            problems.append((where, f"{len(members) - len(with_pixels)} file(s) without pixel data left out of the series"))
+        cases.append(CaseSource(case_id_for(key), "dicom", tuple(with_pixels), None, "unlabelled"))
+    return cases, problems
+
+
+def discover_cases(input_uri: str, storage_options: dict | None = None,
+                   ) -> tuple[list[CaseSource], list[tuple[str, str]], dict]:
+    """Find the cases under ``input_uri`` -> (cases, problems, info); see the module doc.
+
+    ``cases`` are sorted by case_id; ``problems`` are (file_or_folder, reason) pairs, sorted;
+    ``info`` = {"layout": "msd" | "folder" | "dicom", "label_names": {int: str}}.
+    """
+    tree = _Tree(input_uri, storage_options)
+    files = tree.files()
+    rels = {tree.rel(p) for p in files}
+    is_msd = "dataset.json" in rels or any(r.startswith("imagesTr/") for r in rels)
+    if is_msd:
+        cases = _msd_cases(tree, files)
+        info = {"layout": "msd", "label_names": _label_names(tree, files)}
+        return sorted(cases, key=lambda c: c.case_id), [], info
+    volume_paths = [p for p in files if image_suffix(p) is not None]
+    headers, problems = [], []
+    for path in files:
+        if image_suffix(path) is not None or path.lower().endswith(_NOT_IMAGE_SUFFIXES):
+            continue
+        try:
+            header = _sniff(tree, path)
+        except UnreadableInput as exc:
+            problems.append((tree.uri(path), exc.reason))
+            continue
+        if header is not None:
+            headers.append(header)
+    dicom, dicom_problems = _dicom_cases(headers)
+    cases = sorted(_file_cases(tree, volume_paths) + dicom, key=lambda c: c.case_id)
+    layout = "dicom" if dicom and not volume_paths else "folder"
+    return cases, sorted(problems + dicom_problems), {"layout": layout, "label_names": {}}

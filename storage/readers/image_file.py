@@ -1,0 +1,156 @@
+"""Single-file volumes (NIfTI, NRRD, MetaImage) and the value checks every CT must pass.
+
+Pixels are read with SimpleITK (NIfTI scl_slope / scl_inter applied by it). NIfTI geometry
+follows the standard, which ITK does not always do: the sform when ``sform_code > 0``, else the
+qform (nibabel's best affine), converted from RAS to ITK's LPS. Sheared affines, 4D images,
+multi-component images and non-finite values are refused with the reason.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import SimpleITK as sitk
+
+from storage.errors import RefusedInput, UnreadableInput
+from storage.volume import Volume
+
+IMAGE_SUFFIXES: dict[str, str] = {
+    ".nii.gz": "nifti", ".nii": "nifti", ".nrrd": "nrrd", ".nhdr": "nrrd", ".mha": "metaimage", ".mhd": "metaimage",
+}
+HU_RANGE = (-2048.0, 4095.0)
+MIN_SLICES = 3
+
+
+def image_suffix(name: str) -> str | None:
+    """The recognised volume suffix of a file name (``.nii.gz`` before ``.nii``), else None."""
+    low = name.lower()
+    return next((s for s in IMAGE_SUFFIXES if low.endswith(s)), None)
+
+
+def file_stem(name: str) -> str:
+    """File name without its volume suffix: ``liver_3.nii.gz`` -> ``liver_3``."""
+    base = Path(name).name
+    suffix = image_suffix(base)
+    return base[: -len(suffix)] if suffix else Path(base).stem
+
+
+def _nifti_geometry(path: str) -> tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...]]:
+    """(spacing_xyz, origin_lps, direction_rowmajor) from the standard's best affine.
+
+    Also refuses non-finite float data: ITK's NIfTI reader silently turns NaN into 0, so
+    float files are checked on nibabel's view of the stored values.
+    """
+    nii = nib.load(path)
+    if np.issubdtype(nii.get_data_dtype(), np.floating):
+        if not np.isfinite(np.asanyarray(nii.dataobj).sum(dtype=np.float64)):
+            raise RefusedInput(path, "image contains NaN or infinite values")
+    affine = np.asarray(nii.affine, dtype=np.float64)
+    lps = np.diag([-1.0, -1.0, 1.0]) @ affine[:3, :]
+    cols = lps[:, :3]
+    spacing = np.linalg.norm(cols, axis=0)
+    if np.any(spacing <= 0):
+        raise RefusedInput(path, f"degenerate NIfTI affine (zero voxel size): {affine[:3].tolist()}")
+    direction = cols / spacing
+    gram = direction.T @ direction
+    if np.max(np.abs(gram - np.eye(3))) > 1e-4:
+        raise RefusedInput(path, "sheared NIfTI affine (voxel axes not orthogonal)")
+    return tuple(spacing), tuple(lps[:, 3]), tuple(direction.reshape(-1))
+
+
+def _read_sitk(path: str) -> sitk.Image:
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(path)
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise UnreadableInput(path, f"cannot read image header: {str(exc).strip().splitlines()[-1]}") from exc
+    size = reader.GetSize()
+    if reader.GetDimension() != 3:
+        raise RefusedInput(path, f"{reader.GetDimension()}D image of size {size}: one 3D volume per case expected")
+    if reader.GetNumberOfComponents() != 1:
+        raise RefusedInput(path, f"{reader.GetNumberOfComponents()} components per voxel: a scalar CT expected")
+    try:
+        return reader.Execute()
+    except RuntimeError as exc:
+        raise UnreadableInput(path, f"cannot read image data: {str(exc).strip().splitlines()[-1]}") from exc
+
+
+def _compact_dtype(array: np.ndarray) -> np.ndarray:
+    """int16 when the values are integers that fit, else float32."""
+    if np.issubdtype(array.dtype, np.integer):
+        if array.size == 0 or (array.min() >= -32768 and array.max() <= 32767):
+            return array.astype(np.int16, copy=False)
+        return array.astype(np.float32)
+    return array.astype(np.float32, copy=False)
+
+
+def _read_nibabel(path: str) -> np.ndarray:
+    """(z, y, x) scaled data of a NIfTI file ITK cannot open (e.g. NIfTI-2)."""
+    try:
+        nii = nib.load(path)
+    except Exception as exc:  # nibabel raises several types on corrupt headers
+        raise UnreadableInput(path, f"cannot read NIfTI header: {exc}") from exc
+    if len(nii.shape) != 3:
+        raise RefusedInput(path, f"{len(nii.shape)}D image of size {nii.shape}: one 3D volume per case expected")
+    data = np.asanyarray(nii.dataobj)
+    return np.ascontiguousarray(data.transpose(2, 1, 0))
+
+
+def _read_pixels(path: str) -> tuple[np.ndarray, tuple | None]:
+    """(z, y, x) array and ITK geometry (None for NIfTI, whose geometry comes from its affine)."""
+    nifti = image_suffix(path) in (".nii", ".nii.gz")
+    try:
+        img = _read_sitk(path)
+    except UnreadableInput:
+        if not nifti:
+            raise
+        return _read_nibabel(path), None
+    return sitk.GetArrayFromImage(img), None if nifti else (img.GetSpacing(), img.GetOrigin(), img.GetDirection())
+
+
+def read_image_file(path: str, is_label: bool = False) -> Volume:
+    """Read one local volume file -> Volume (image: int16 or float32; label: uint8)."""
+    array, geometry = _read_pixels(path)
+    if geometry is None:
+        geometry = _nifti_geometry(path)
+    if array.shape[0] < MIN_SLICES and not is_label:
+        raise RefusedInput(path, f"{array.shape[0]} slice(s): a volume needs at least {MIN_SLICES}")
+    array = _label_values(array, path) if is_label else _compact_dtype(array)
+    return Volume(array, geometry[0], geometry[1], geometry[2])
+
+
+def _label_values(array: np.ndarray, path: str) -> np.ndarray:
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array.sum(dtype=np.float64)):
+            raise RefusedInput(path, "label map contains NaN or infinite values")
+        if not np.array_equal(array, np.rint(array)):
+            raise RefusedInput(path, "label map has non-integer values")
+    lo, hi = (array.min(), array.max()) if array.size else (0, 0)
+    if lo < 0 or hi > 255:
+        raise RefusedInput(path, f"label values {lo}..{hi} outside 0..255")
+    return array.astype(np.uint8, copy=False)
+
+
+def check_ct_values(array: np.ndarray, source: str) -> None:
+    """Refuse arrays that cannot be CT in Hounsfield units.
+
+    Refused: NaN / infinity; a narrow range with neither air (< -200) nor anything above 100
+    (e.g. [0, 1]-scaled or 0..50 data; a real CT always shows air or denser tissue); more than
+    half the voxels in [0, 1]; more than half outside ``HU_RANGE``. Fractions are estimated on a strided subsample (every 2nd slice, 4th row and column).
+    """
+    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array.sum(dtype=np.float64)):
+        raise RefusedInput(source, "image contains NaN or infinite values")
+    vmin, vmax = float(array.min()), float(array.max())
+    if vmax < 100 and vmin > -200:
+        raise RefusedInput(source, f"values do not look like Hounsfield units (range {vmin:.3g}..{vmax:.3g}: "
+                                   "no air below -200 and nothing above 100)")
+    sample = array[::2, ::4, ::4]
+    unit = float(np.mean((sample >= 0) & (sample <= 1)))
+    if unit > 0.5:
+        raise RefusedInput(source, f"values do not look like Hounsfield units ({unit:.0%} of voxels in [0, 1])")
+    outside = float(np.mean((sample < HU_RANGE[0]) | (sample > HU_RANGE[1])))
+    if outside > 0.5:
+        raise RefusedInput(source, f"values do not look like Hounsfield units ({outside:.0%} outside {HU_RANGE})")
