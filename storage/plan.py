@@ -7,10 +7,10 @@ idempotent reruns: a case is skipped when its source checksum and the plan hash 
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from storage.manifest import plan_hash
 
 PLAN_FORMAT_VERSION = 1
 DEFAULT_OBJECT_STORE_SHARD_VOX = (128, 256, 256)
@@ -48,15 +48,7 @@ class Plan:
                 d[key] = tuple(d[key])
         return cls(**d)
 
-    def result_fields(self) -> dict[str, Any]:
-        """The fields that change stored voxel values or geometry (storage layout excluded)."""
-        d = self.to_dict()
-        for key in ("chunk_vox", "shard_vox", "zstd_level"):
-            d.pop(key)
-        return d
-
     @property
     def hash(self) -> str:
-        """sha256 over the canonical JSON of :meth:`result_fields` (first 16 hex digits)."""
-        blob = json.dumps(self.result_fields(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        """The store's plan hash (sha256 of the plan's canonical JSON): keys idempotent reruns."""
+        return plan_hash(self.to_dict())

@@ -1,0 +1,184 @@
+"""The dataset store layout, format version 1: names, array encodings and per-case attributes.
+
+This module owns the on-disk contract described in ``docs/store-layout.md``:
+
+    <root>/<dataset>/                 Zarr v3 group, attribute "pgl_dataset" (the manifest)
+    <root>/<dataset>/manifest.json    the same manifest as plain JSON
+    <root>/<dataset>/_cases/<id>.json completion record, written last (done or failed)
+    <root>/<dataset>/<id>/            Zarr v3 group, attribute "pgl_case"
+    <root>/<dataset>/<id>/image       int16 HU, (z, y, x), fill -1024
+    <root>/<dataset>/<id>/label       uint8 class ids, (z, y, x), fill 0 (labelled cases only)
+
+It also computes the per-case statistics stored in the attributes. No I/O happens here.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+import numpy as np
+
+FORMAT_VERSION = 1
+CASES_DIR = "_cases"
+MANIFEST_FILE = "manifest.json"
+ARRAYS = ("image", "label")
+FILL_VALUE = {"image": -1024, "label": 0}
+DTYPE = {"image": np.dtype("int16"), "label": np.dtype("uint8")}
+DEFAULT_CHUNK_VOX = (32, 64, 64)
+DEFAULT_SHARD_VOX = (128, 256, 256)
+STATS_CLIP_HU = (-1024.0, 325.0)
+_STATS_SLAB_Z = 16
+
+_CASE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+# Header fields that identify a patient; refused in case attributes whatever their spelling.
+_FORBIDDEN_ATTR_KEYS = {
+    "patientname", "patientid", "patientbirthdate", "patientaddress", "otherpatientids",
+    "patientsex", "patientage", "accessionnumber", "institutionname", "referringphysicianname",
+    "studyinstanceuid", "seriesinstanceuid", "sopinstanceuid", "studydate", "seriesdate",
+}
+_REQUIRED_ATTRS = ("spacing", "origin", "direction", "source_checksum", "plan_hash")
+_KNOWN_ATTRS = _REQUIRED_ATTRS + ("original_spacing", "original_size")
+
+
+def check_case_id(case_id: str) -> str:
+    """Return ``case_id`` if it is a safe single path component, else raise ValueError."""
+    if not isinstance(case_id, str) or not _CASE_ID_RE.match(case_id) or case_id.endswith(".json"):
+        raise ValueError(
+            f"invalid case id {case_id!r}: use letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit, at most 200 characters"
+        )
+    return case_id
+
+
+def check_array_name(array: str) -> str:
+    if array not in ARRAYS:
+        raise ValueError(f"unknown array {array!r}; the store holds {ARRAYS}")
+    return array
+
+
+def chunk_shape(shape_zyx: tuple[int, ...], chunk_vox: tuple[int, ...]) -> tuple[int, int, int]:
+    """The chunk shape for an array: ``chunk_vox`` clipped to the array shape (at least 1)."""
+    if len(chunk_vox) != 3 or any(int(c) < 1 for c in chunk_vox):
+        raise ValueError(f"chunk_vox must be 3 positive ints (z, y, x), got {chunk_vox}")
+    return tuple(max(1, min(int(c), int(s))) for c, s in zip(chunk_vox, shape_zyx))  # type: ignore
+
+
+def shard_shape(
+    shape_zyx: tuple[int, ...], chunks: tuple[int, int, int], shard_vox: tuple[int, ...]
+) -> tuple[int, int, int]:
+    """Shard shape: ``shard_vox`` rounded up to a chunk multiple, clipped to the array rounded
+    up to a chunk multiple (so a small array is one shard, never a shard bigger than needed)."""
+    if len(shard_vox) != 3 or any(int(s) < 1 for s in shard_vox):
+        raise ValueError(f"shard_vox must be 3 positive ints (z, y, x), got {shard_vox}")
+    out = []
+    for s_req, c, n in zip(shard_vox, chunks, shape_zyx):
+        want = math.ceil(int(s_req) / c) * c
+        cap = math.ceil(int(n) / c) * c
+        out.append(max(c, min(want, cap)))
+    return tuple(out)  # type: ignore[return-value]
+
+
+def validate_arrays(case_id: str, image: np.ndarray, label: np.ndarray | None) -> None:
+    """Check dtypes and shapes of a case's arrays; errors name the case."""
+    if image.ndim != 3:
+        raise ValueError(f"case {case_id}: image must be 3D (z, y, x), got shape {image.shape}")
+    if image.dtype != DTYPE["image"]:
+        raise ValueError(f"case {case_id}: image must be int16 HU, got {image.dtype}")
+    if label is None:
+        return
+    if label.dtype != DTYPE["label"]:
+        raise ValueError(f"case {case_id}: label must be uint8, got {label.dtype}")
+    if label.shape != image.shape:
+        raise ValueError(f"case {case_id}: label shape {label.shape} != image shape {image.shape}")
+
+
+def _seq(case_id: str, attrs: dict, key: str, n: int) -> list[float]:
+    try:
+        vals = [float(v) for v in attrs[key]]
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"case {case_id}: attribute {key!r} must be {n} numbers, got {attrs[key]!r}") from exc
+    if len(vals) != n or not all(math.isfinite(v) for v in vals):
+        raise ValueError(f"case {case_id}: attribute {key!r} must be {n} finite numbers, got {attrs[key]!r}")
+    return vals
+
+
+def case_attributes(
+    case_id: str, attrs: dict[str, Any], shape_zyx: tuple[int, ...], stats: dict, label_counts: dict | None
+) -> dict[str, Any]:
+    """Build the "pgl_case" attribute dict from caller ``attrs`` plus computed fields.
+
+    ``attrs`` needs spacing (x, y, z mm), origin (x, y, z mm, LPS), direction (9, row-major),
+    source_checksum and plan_hash; original_spacing / original_size are optional. Any other
+    key is kept under "extra" unless it names a patient-identifying field (refused).
+    """
+    missing = [k for k in _REQUIRED_ATTRS if k not in attrs]
+    if missing:
+        raise ValueError(f"case {case_id}: attributes missing {missing}")
+    bad = [k for k in attrs if k.replace("_", "").lower() in _FORBIDDEN_ATTR_KEYS]
+    if bad:
+        raise ValueError(f"case {case_id}: patient-identifying attributes are never stored: {bad}")
+    spacing = _seq(case_id, attrs, "spacing", 3)
+    if min(spacing) <= 0:
+        raise ValueError(f"case {case_id}: spacing must be positive, got {spacing}")
+    extra = {k: v for k, v in attrs.items() if k not in _KNOWN_ATTRS}
+    out: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "case_id": case_id,
+        "spacing": spacing,
+        "origin": _seq(case_id, attrs, "origin", 3),
+        "direction": _seq(case_id, attrs, "direction", 9),
+        "shape_zyx": [int(s) for s in shape_zyx],
+        "original_spacing": _opt_list(attrs.get("original_spacing"), float),
+        "original_size": _opt_list(attrs.get("original_size"), int),
+        "source_checksum": str(attrs["source_checksum"]),
+        "plan_hash": str(attrs["plan_hash"]),
+        "labelled": label_counts is not None,
+        "stats": stats,
+        "label_counts": label_counts,
+    }
+    if extra:
+        out["extra"] = extra
+    return out
+
+
+def _opt_list(value: Any, cast: type) -> list | None:
+    return None if value is None else [cast(v) for v in value]
+
+
+def image_stats(image: np.ndarray) -> dict[str, Any]:
+    """Intensity statistics of an int16 HU volume ``(z, y, x)``.
+
+    ``mean_hu`` / ``std_hu`` are over the WHOLE volume after clipping to ``STATS_CLIP_HU``
+    ([-1024, 325]); ``min_hu`` / ``max_hu`` are of the raw values. ``n_vox``, ``sum_hu`` and
+    ``sumsq_hu`` (clipped) let datasets pool the statistics exactly. Computed in z-slabs so
+    the extra memory is a small fraction of the volume.
+    """
+    lo, hi = STATS_CLIP_HU
+    total = 0.0
+    total_sq = 0.0
+    for z0 in range(0, image.shape[0], _STATS_SLAB_Z):
+        slab = np.clip(image[z0:z0 + _STATS_SLAB_Z].astype(np.float64), lo, hi)
+        total += float(slab.sum())
+        total_sq += float(np.square(slab).sum())
+    n = int(image.size)
+    mean = total / n if n else 0.0
+    var = max(total_sq / n - mean * mean, 0.0) if n else 0.0
+    return {
+        "mean_hu": mean,
+        "std_hu": math.sqrt(var),
+        "min_hu": int(image.min()) if n else 0,
+        "max_hu": int(image.max()) if n else 0,
+        "n_vox": n,
+        "sum_hu": total,
+        "sumsq_hu": total_sq,
+        "clip_hu": list(STATS_CLIP_HU),
+        "region": "whole_volume",
+    }
+
+
+def label_counts(label: np.ndarray) -> dict[str, int]:
+    """Voxel count per label value present, as {str(value): count}."""
+    counts = np.bincount(label.reshape(-1), minlength=1)
+    return {str(i): int(c) for i, c in enumerate(counts) if c}

@@ -1,0 +1,372 @@
+"""The chunked dataset store: one Zarr v3 group per dataset, one sub-group per case.
+
+:class:`DatasetStore` owns writing cases atomically (arrays first, the ``_cases/<id>.json``
+record last), the completion test used to resume ingest, folding records into the manifest,
+and cheap random crops for training. The layout itself (format version 1) is defined in
+``storage/layout.py`` and documented in ``docs/store-layout.md``.
+
+Arrays are (z, y, x): ``image`` int16 HU, ``label`` uint8. The same code serves a local
+directory (zarr ``LocalStore``) and S3 (zarr ``FsspecStore`` over s3fs); on object stores the
+chunks are grouped in shards. A ``DatasetStore`` pickles to its address only and re-opens
+lazily, so DataLoader worker processes (fork or spawn) can use it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.codecs import ZstdCodec
+from zarr.storage import FsspecStore, LocalStore
+
+from storage import blobs, layout
+from storage.errors import StorageError
+from storage.manifest import (build_manifest, current_done, done_record, failed_record,
+                              manifest_hash as _manifest_hash, plan_hash)
+from storage.crop_reader import ChunkCropReader, open_crop_reader
+from storage.uri import is_local, is_object_store, join_uri, local_path, open_fs, resolve_options
+
+__all__ = ["DatasetStore", "list_datasets", "plan_hash"]
+
+_DIMS = ("z", "y", "x")
+
+
+def open_zarr_store(uri: str, storage_options: dict | None = None) -> zarr.abc.store.Store:
+    """A zarr store rooted at ``uri``: ``LocalStore`` for local paths, ``FsspecStore`` otherwise."""
+    if is_local(uri):
+        return LocalStore(local_path(uri))
+    return FsspecStore.from_url(uri, storage_options=resolve_options(uri, storage_options))
+
+
+def _check_version(obj: dict[str, Any], where: str) -> dict[str, Any]:
+    version = obj.get("format_version")
+    if version != layout.FORMAT_VERSION:
+        raise StorageError(f"{where}: store format_version {version!r} is not supported "
+                           f"(this code reads version {layout.FORMAT_VERSION})")
+    return obj
+
+
+class DatasetStore:
+    """One dataset of the store at ``<root_uri>/<dataset>``.
+
+    ``create=False`` requires the dataset to exist (StorageError otherwise); ``create=True``
+    allows :meth:`ensure` to create it. Open arrays and case attributes are kept in small LRU
+    caches, so a crop costs only the chunk reads it needs.
+    """
+
+    def __init__(self, root_uri: str, dataset: str, storage_options: dict | None = None,
+                 create: bool = False, cache_size: int = 128) -> None:
+        layout.check_case_id(dataset)
+        self.root_uri = root_uri
+        self.dataset = dataset
+        self.storage_options = storage_options
+        self.cache_size = int(cache_size)
+        self.uri = join_uri(root_uri, dataset)
+        self._reset()
+        if not create and not self.exists():
+            raise StorageError(f"dataset {dataset!r} not found at {self.uri}")
+
+    # --- lifecycle / caching -------------------------------------------------------------
+    def _reset(self) -> None:
+        self._pid = os.getpid()
+        self._zstore: Any = None
+        self._fs_pair: Any = None
+        self._arrays: OrderedDict[tuple[str, str], Any] = OrderedDict()
+        self._attrs: OrderedDict[str, dict] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"root_uri": self.root_uri, "dataset": self.dataset,
+                "storage_options": self.storage_options, "cache_size": self.cache_size,
+                "uri": self.uri}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._reset()
+
+    def __repr__(self) -> str:
+        return f"DatasetStore({self.uri!r})"
+
+    def _fresh(self) -> None:
+        """Drop handles inherited through fork (their event loop / sockets are the parent's)."""
+        if self._pid != os.getpid():
+            self._reset()
+
+    def _open_zarr_store(self) -> zarr.abc.store.Store:
+        """The zarr store rooted at the dataset (override point for instrumented stores)."""
+        return open_zarr_store(self.uri, self.storage_options)
+
+    @property
+    def zstore(self) -> zarr.abc.store.Store:
+        self._fresh()
+        if self._zstore is None:
+            self._zstore = self._open_zarr_store()
+        return self._zstore
+
+    @property
+    def _fs(self) -> tuple[Any, str]:
+        self._fresh()
+        if self._fs_pair is None:
+            self._fs_pair = open_fs(self.uri, self.storage_options)
+        return self._fs_pair
+
+    def _invalidate(self, case_id: str) -> None:
+        with self._lock:
+            self._attrs.pop(case_id, None)
+            for name in layout.ARRAYS:
+                self._arrays.pop((case_id, name), None)
+
+    def _lru_get(self, cache: OrderedDict, key: Any, make: Any) -> Any:
+        with self._lock:
+            if key in cache:
+                cache.move_to_end(key)
+                return cache[key]
+        value = make()
+        with self._lock:
+            cache[key] = value
+            while len(cache) > self.cache_size:
+                cache.popitem(last=False)
+        return value
+
+    # --- dataset level -----------------------------------------------------------------
+    def exists(self) -> bool:
+        """True when the dataset group exists."""
+        return blobs.exists(join_uri(self.uri, "zarr.json"), self.storage_options)
+
+    def _group(self, mode: str = "r") -> zarr.Group:
+        try:
+            return zarr.open_group(self.zstore, mode=mode, zarr_format=3)
+        except FileNotFoundError as exc:
+            raise StorageError(f"dataset {self.dataset!r} not found at {self.uri}") from exc
+
+    def ensure(self, plan: dict, label_names: dict[int, str]) -> None:
+        """Create the dataset group if missing and store ``plan`` / ``label_names`` in it.
+
+        An existing dataset keeps its case records; a changed plan makes cases written with
+        the old plan stale (no longer done, re-written by the next ingest).
+        """
+        group = zarr.open_group(self.zstore, mode="a", zarr_format=3)
+        names = {str(k): str(v) for k, v in label_names.items()}
+        old = group.attrs.get("pgl_dataset")
+        if old and old.get("plan_hash") == plan_hash(plan) and old.get("label_names") == names:
+            return
+        if old:
+            group.attrs["pgl_dataset"] = {**old, "plan": plan, "plan_hash": plan_hash(plan),
+                                          "label_names": names}
+            self.consolidate_manifest()
+            return
+        manifest = build_manifest(self.dataset, plan, names, [])
+        group.attrs["pgl_dataset"] = manifest
+        self._put_json(join_uri(self.uri, layout.MANIFEST_FILE), manifest)
+
+    def manifest(self) -> dict[str, Any]:
+        """The dataset manifest ("pgl_dataset" attribute) as last consolidated."""
+        attrs = self._group("r").attrs.asdict()
+        if "pgl_dataset" not in attrs:
+            raise StorageError(f"{self.uri} is not a PGL dataset (no 'pgl_dataset' attribute)")
+        return dict(_check_version(attrs["pgl_dataset"], self.uri))
+
+    def manifest_hash(self) -> str:
+        """Hash of (plan_hash, done cases with source checksums); see storage.manifest."""
+        return _manifest_hash(self.manifest())
+
+    def done_cases(self) -> list[str]:
+        """Sorted ids of cases done with the current plan, per the consolidated manifest."""
+        return current_done(self.manifest())
+
+    def consolidate_manifest(self) -> dict[str, Any]:
+        """Rebuild the manifest from all ``_cases`` records (single writer) and store it."""
+        group = self._group("r+")
+        old = group.attrs.get("pgl_dataset")
+        if not old:
+            raise StorageError(f"{self.uri}: call ensure(plan, label_names) before consolidating")
+        manifest = build_manifest(self.dataset, old["plan"], old["label_names"], self._records())
+        group.attrs["pgl_dataset"] = manifest
+        self._put_json(join_uri(self.uri, layout.MANIFEST_FILE), manifest)
+        return manifest
+
+    def _records(self) -> list[dict[str, Any]]:
+        fs, path = self._fs
+        folder = f"{path}/{layout.CASES_DIR}"
+        fs.invalidate_cache(folder)
+        try:
+            names = [p for p in fs.ls(folder, detail=False) if p.endswith(".json")
+                     and not p.rsplit("/", 1)[-1].startswith(".")]
+        except FileNotFoundError:
+            return []
+        out = []
+        if not names:
+            return []
+        for p, data in sorted(fs.cat(names, on_error="raise").items()):
+            try:
+                out.append(json.loads(data))
+            except ValueError as exc:
+                raise StorageError(f"corrupt case record {p}: {exc}") from exc
+        return out
+
+    def _put_json(self, uri: str, obj: Any) -> None:
+        data = json.dumps(obj, indent=1, sort_keys=True, allow_nan=False).encode()
+        blobs.put_bytes_atomic(uri, data, self.storage_options)
+
+    def _record_uri(self, case_id: str) -> str:
+        return join_uri(self.uri, layout.CASES_DIR, f"{layout.check_case_id(case_id)}.json")
+
+    # --- case records ------------------------------------------------------------------
+    def case_record(self, case_id: str) -> dict[str, Any] | None:
+        """The case's ``_cases`` record (status "done" or "failed"), or None."""
+        try:
+            data = blobs.get_bytes(self._record_uri(case_id), self.storage_options)
+        except FileNotFoundError:
+            return None
+        return json.loads(data)
+
+    def is_done(self, case_id: str, source_checksum: str, plan_hash: str) -> bool:
+        """True when the case was completely written from this source with this plan."""
+        rec = self.case_record(case_id)
+        return bool(rec and rec.get("status") == "done"
+                    and rec.get("source_checksum") == source_checksum
+                    and rec.get("plan_hash") == plan_hash)
+
+    def write_failure(self, case_id: str, reason: str, source: str) -> None:
+        """Record that ``case_id`` (from ``source``) could not be written, and why."""
+        self._put_json(self._record_uri(case_id), failed_record(case_id, reason, source))
+        self._invalidate(case_id)
+
+    # --- writing -----------------------------------------------------------------------
+    def _array_layout(self, shape: tuple[int, ...], chunk_vox: tuple[int, ...],
+                      shard_vox: tuple[int, ...] | None) -> tuple[tuple, tuple | None]:
+        chunks = layout.chunk_shape(shape, chunk_vox)
+        if shard_vox is None and is_object_store(self.uri):
+            shard_vox = layout.DEFAULT_SHARD_VOX
+        shards = layout.shard_shape(shape, chunks, shard_vox) if shard_vox else None
+        if shards == chunks:
+            shards = None
+        return chunks, shards
+
+    def write_case(self, case_id: str, image: np.ndarray, label: np.ndarray | None,
+                   attrs: dict[str, Any], chunk_vox: tuple[int, int, int] = layout.DEFAULT_CHUNK_VOX,
+                   shard_vox: tuple[int, int, int] | None = None, zstd_level: int = 3) -> dict[str, Any]:
+        """Write one case atomically and return its completion record.
+
+        ``image``: int16 HU ``(z, y, x)``; ``label``: uint8 ``(z, y, x)`` or None. ``attrs``:
+        spacing / origin (x, y, z mm), direction (9), source_checksum, plan_hash, optionally
+        original_spacing / original_size. Order: old record removed, case group replaced,
+        arrays written (all-fill chunks skipped), record written last. ``shard_vox=None``
+        shards only on object stores (default (128, 256, 256)).
+        """
+        layout.check_case_id(case_id)
+        layout.validate_arrays(case_id, image, label)
+        counts = layout.label_counts(label) if label is not None else None
+        case_attrs = layout.case_attributes(case_id, attrs, image.shape, layout.image_stats(image), counts)
+        self._invalidate(case_id)
+        blobs.delete_uri(self._record_uri(case_id), self.storage_options)
+        group = zarr.open_group(self.zstore, path=case_id, mode="w", zarr_format=3,
+                                attributes={"pgl_case": case_attrs})
+        chunks, shards = self._array_layout(image.shape, chunk_vox, shard_vox)
+        for name, data in (("image", image), ("label", label)):
+            if data is not None:
+                self._write_array(group, name, data, chunks, shards, zstd_level)
+        record = done_record(case_attrs)
+        self._put_json(self._record_uri(case_id), record)
+        return record
+
+    @staticmethod
+    def _write_array(group: zarr.Group, name: str, data: np.ndarray, chunks: tuple,
+                     shards: tuple | None, zstd_level: int) -> None:
+        arr = group.create_array(
+            name, shape=data.shape, dtype=data.dtype, chunks=chunks, shards=shards,
+            compressors=ZstdCodec(level=int(zstd_level)), fill_value=layout.FILL_VALUE[name],
+            dimension_names=_DIMS, config={"write_empty_chunks": False})
+        arr[...] = np.ascontiguousarray(data)
+
+    # --- reading -----------------------------------------------------------------------
+    def case_attrs(self, case_id: str) -> dict[str, Any]:
+        """The case's "pgl_case" attributes (geometry, stats, checksums); cached."""
+        def load() -> dict:
+            try:
+                group = zarr.open_group(self.zstore, path=layout.check_case_id(case_id), mode="r")
+            except FileNotFoundError as exc:
+                raise StorageError(f"case {case_id!r} not found in {self.uri}") from exc
+            attrs = group.attrs.asdict().get("pgl_case")
+            if attrs is None:
+                raise StorageError(f"case {case_id!r} in {self.uri} has no 'pgl_case' attributes")
+            return _check_version(attrs, f"case {case_id!r} in {self.uri}")
+        self._fresh()
+        return dict(self._lru_get(self._attrs, case_id, load))
+
+    def _opened(self, case_id: str, array: str) -> tuple[zarr.Array, ChunkCropReader | None]:
+        """(zarr array, fast crop reader or None) for the case's ``array``; LRU-cached."""
+        layout.check_array_name(array)
+
+        def load() -> tuple[zarr.Array, ChunkCropReader | None]:
+            path = f"{layout.check_case_id(case_id)}/{array}"
+            try:
+                arr = zarr.open_array(self.zstore, path=path, mode="r", zarr_format=3)
+            except FileNotFoundError as exc:
+                raise StorageError(f"case {case_id!r} has no {array!r} array in {self.uri}") from exc
+            fs, base = self._fs
+            reader = open_crop_reader(fs, f"{base}/{path}", arr.metadata.to_dict(), arr.shape,
+                                      arr.dtype, layout.FILL_VALUE[array])
+            return arr, reader
+        self._fresh()
+        return self._lru_get(self._arrays, (case_id, array), load)
+
+    def _array(self, case_id: str, array: str) -> zarr.Array:
+        return self._opened(case_id, array)[0]
+
+    def shape(self, case_id: str) -> tuple[int, int, int]:
+        """The case's array shape ``(z, y, x)``."""
+        return tuple(int(s) for s in self._array(case_id, "image").shape)  # type: ignore[return-value]
+
+    def read_crop(self, case_id: str, start_zyx: tuple[int, int, int], size_zyx: tuple[int, int, int],
+                  array: str = "image") -> np.ndarray:
+        """The box ``[start, start + size)`` of ``array`` as ``(z, y, x)``; only chunks it touches
+        are read. Parts outside the array are padded with the fill value (image -1024, label 0),
+        so any start (negative too) is valid."""
+        arr, reader = self._opened(case_id, array)
+        start = [int(s) for s in start_zyx]
+        size = [int(s) for s in size_zyx]
+        if len(start) != 3 or len(size) != 3 or min(size) < 1:
+            raise ValueError(f"case {case_id}: bad crop start {start_zyx} / size {size_zyx}")
+        lo = [max(0, s) for s in start]
+        hi = [min(n, s + k) for n, s, k in zip(arr.shape, start, size)]
+        def region() -> np.ndarray:
+            if reader is not None:
+                return reader.read(tuple(lo), tuple(hi))
+            return arr[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+        if lo == start and [s + k for s, k in zip(start, size)] == hi:
+            return region()
+        out = np.full(size, layout.FILL_VALUE[array], dtype=layout.DTYPE[array])
+        if all(h > l for l, h in zip(lo, hi)):
+            out[tuple(slice(l - s, h - s) for l, h, s in zip(lo, hi, start))] = region()
+        return out
+
+    def read_full(self, case_id: str, array: str = "image") -> np.ndarray:
+        """The whole ``array`` of the case, ``(z, y, x)``."""
+        return self._array(case_id, array)[...]
+
+
+def list_datasets(root_uri: str, storage_options: dict | None = None) -> list[str]:
+    """Sorted names of the PGL datasets directly under ``root_uri``."""
+    fs, path = open_fs(root_uri, storage_options)
+    fs.invalidate_cache(path)
+    try:
+        metas = fs.glob(f"{path.rstrip('/')}/*/zarr.json")
+    except FileNotFoundError:
+        return []
+    names: list[str] = []
+    if not metas:
+        return names
+    for p, data in fs.cat(metas, on_error="omit").items():
+        try:
+            attrs = json.loads(data).get("attributes", {})
+        except ValueError:
+            continue
+        if "pgl_dataset" in attrs:
+            names.append(p.rstrip("/").split("/")[-2])
+    return sorted(names)
