@@ -7,6 +7,7 @@ workers are processes (or remote machines) and report to the server directly.
 
 from __future__ import annotations
 
+import logging
 import os
 
 from prefect_dask import DaskTaskRunner
@@ -32,7 +33,7 @@ def dask_task_runner(address: str | None = None, n_workers: int | None = None,
     n = n_workers or default_workers()
     processes = prefect_server_configured()
     kwargs: dict = {"n_workers": n, "threads_per_worker": 1, "processes": processes,
-                    "dashboard_address": None}
+                    "dashboard_address": None, "silence_logs": logging.ERROR}
     if processes and memory_limit:
         kwargs["memory_limit"] = memory_limit
     return DaskTaskRunner(cluster_kwargs=kwargs)

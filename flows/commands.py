@@ -1,0 +1,67 @@
+"""Handlers behind ``pgl`` subcommands: parse-free, each takes the argparse namespace.
+
+Thin: they build typed config, call a flow or a ``storage`` / ``pgl_core`` API, and print a summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from tqdm import tqdm
+
+from pgl_core.config import ConfigError, load_config
+from storage.phantoms import KINDS, write_dataset
+
+__all__ = ["ConfigError", "cmd_phantoms", "cmd_preprocess", "cmd_demo"]
+
+EXIT_OK, EXIT_PARTIAL = 0, 1
+
+
+def _split(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def make_phantoms(out: str, kinds: list[str], cases: int, shape: tuple[int, int, int], seed: int,
+                  formats: tuple[str, ...]) -> list[dict]:
+    """Write one phantom dataset per kind under ``out``; returns the writers' summaries."""
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown:
+        raise ConfigError(f"unknown phantom kind(s) {unknown}; choose from {sorted(KINDS)}")
+    bad = [f for f in formats if f not in ("nifti", "dicom")]
+    if bad:
+        raise ConfigError(f"unknown format(s) {bad}; choose nifti and/or dicom")
+    summaries = []
+    with tqdm(total=len(kinds) * cases, desc="phantoms", unit="case") as bar:
+        for i, kind in enumerate(kinds):
+            summaries.append(write_dataset(out, kind, cases, seed=seed + 1000 * i, shape_zyx=shape,
+                                           formats=formats, progress=lambda n: bar.update(1)))
+    return summaries
+
+
+def cmd_phantoms(args: argparse.Namespace) -> int:
+    summaries = make_phantoms(args.out, _split(args.kinds), args.cases, args.shape, args.seed,
+                              tuple(_split(args.format)))
+    for s in summaries:
+        print(f"wrote {s}")
+    return EXIT_OK
+
+
+def cmd_preprocess(args: argparse.Namespace) -> int:
+    from flows.preprocess import preprocess
+
+    cfg = load_config(args.config, args.overrides)
+    if args.target_spacing:
+        cfg.preprocess.target_spacing_mm = args.target_spacing
+    summary = preprocess(args.input, args.dataset, args.store, cfg.preprocess, force=args.force,
+                         dask_address=args.dask_address, n_workers=args.workers)
+    for line in summary.lines():
+        print(line)
+    return EXIT_OK if summary.ok else EXIT_PARTIAL
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from flows.demo import run_demo
+
+    return run_demo(Path(args.workdir), cases=args.cases)

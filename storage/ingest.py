@@ -1,0 +1,143 @@
+"""One case from raw CT to the store: read -> canonical orientation -> resample -> int16 -> Zarr.
+
+:func:`ingest_case` is what a worker runs per case. It never raises for a data problem: a refused
+or unreadable case is recorded in the store (``status: failed`` with the reason) and returned as a
+failed :class:`CaseResult`, so the other cases complete. Transient I/O errors (network, throttling)
+are re-raised so the orchestrator can retry them. Memory: one case (image + label) at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from storage.checksum import sha256_files
+from storage.errors import RefusedInput, TransientIOError, UnreadableInput
+from storage.geometry import canonicalize, resample, to_int16_hu
+from storage.plan import Plan
+from storage.readers import CaseSource, read_case
+from storage.store import DatasetStore
+from storage.volume import Volume
+
+log = logging.getLogger(__name__)
+
+STATS_HU_WINDOW = (-1024.0, 325.0)
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (TransientIOError, ConnectionError, TimeoutError)
+
+
+@dataclass
+class CaseResult:
+    """Outcome of one case. ``status``: done (written), skipped (unchanged), failed (with reason)."""
+
+    case_id: str
+    status: Literal["done", "skipped", "failed"]
+    reason: str = ""
+    source: str = ""
+    seconds: float = 0.0
+    shape_zyx: list[int] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def intensity_stats(image_hu: np.ndarray) -> dict[str, float]:
+    """Clipped-HU statistics of a whole volume (for z-score normalisation at training time).
+
+    ``n``, ``sum`` and ``sumsq`` allow exact pooling across cases.
+    """
+    clipped = np.clip(image_hu.astype(np.float64), *STATS_HU_WINDOW)
+    n = float(clipped.size)
+    s, ss = float(clipped.sum()), float(np.square(clipped).sum())
+    mean = s / n
+    return {
+        "mean_hu": mean,
+        "std_hu": float(np.sqrt(max(ss / n - mean * mean, 0.0))),
+        "min_hu": float(image_hu.min()),
+        "max_hu": float(image_hu.max()),
+        "n": n,
+        "sum": s,
+        "sumsq": ss,
+    }
+
+
+def _prepare(volume: Volume, plan: Plan, is_label: bool) -> Volume:
+    vol = canonicalize(volume, is_label=is_label)
+    return resample(vol, plan.target_spacing_mm, is_label=is_label)
+
+
+def _case_attrs(image: Volume, meta: dict[str, Any], checksum: str, plan: Plan,
+                label: np.ndarray | None) -> dict[str, Any]:
+    attrs: dict[str, Any] = {
+        "spacing": list(image.spacing_mm),
+        "origin": list(image.origin_mm),
+        "direction": list(image.direction),
+        "shape_zyx": list(image.shape_zyx),
+        "original_spacing": list(meta.get("original_spacing", [])),
+        "original_size": list(meta.get("original_size", [])),
+        "source_format": meta.get("format", ""),
+        "source_checksum": checksum,
+        "plan_hash": plan.hash,
+        "labelled": label is not None,
+        "stats": intensity_stats(image.array),
+    }
+    if label is not None:
+        counts = np.bincount(label.ravel(), minlength=1)
+        attrs["label_counts"] = {str(i): int(c) for i, c in enumerate(counts) if c}
+    return attrs
+
+
+def _convert(source: CaseSource, plan: Plan) -> tuple[Volume, np.ndarray | None, dict[str, Any]]:
+    image, label, meta = read_case(
+        source, allow_non_ct=plan.allow_non_ct, spacing_tolerance=plan.spacing_tolerance
+    )
+    image = to_int16_hu(_prepare(image, plan, is_label=False))
+    label_arr = None
+    if label is not None:
+        label_vol = _prepare(label, plan, is_label=True)
+        if label_vol.shape_zyx != image.shape_zyx:
+            raise RefusedInput(
+                source.label_uri or "", f"label grid {label_vol.shape_zyx} != image grid {image.shape_zyx} "
+                "after resampling"
+            )
+        label_arr = label_vol.array.astype(np.uint8)
+    return image, label_arr, meta
+
+
+def ingest_case(
+    source: CaseSource,
+    root_uri: str,
+    dataset: str,
+    plan: Plan,
+    storage_options: dict | None = None,
+    force: bool = False,
+) -> CaseResult:
+    """Convert one case into ``<root_uri>/<dataset>/<case_id>`` (atomically). See module doc."""
+    t0 = time.perf_counter()
+    store = DatasetStore(root_uri, dataset, storage_options)
+    src = source.image_uris[0] if len(source.image_uris) == 1 else source.image_uris[0].rsplit("/", 1)[0]
+    uris = source.image_uris + ((source.label_uri,) if source.label_uri else ())
+    try:
+        checksum = sha256_files(list(uris), storage_options)
+        if not force and store.is_done(source.case_id, checksum, plan.hash):
+            return CaseResult(source.case_id, "skipped", "unchanged source and plan", src,
+                              time.perf_counter() - t0)
+        image, label, meta = _convert(source, plan)
+        store.write_case(source.case_id, image.array, label, _case_attrs(image, meta, checksum, plan, label),
+                         chunk_vox=plan.chunk_vox, shard_vox=plan.shard_vox, zstd_level=plan.zstd_level)
+        return CaseResult(source.case_id, "done", "", src, time.perf_counter() - t0, list(image.shape_zyx))
+    except TRANSIENT_ERRORS:
+        raise
+    except (RefusedInput, UnreadableInput) as err:
+        reason, culprit = err.reason, err.source or src
+    except MemoryError:
+        reason, culprit = "out of memory while converting this case", src
+    except Exception as err:  # noqa: BLE001 - a data problem must never end the whole run
+        log.debug("unexpected error in case %s", source.case_id, exc_info=True)
+        reason, culprit = f"unexpected {type(err).__name__}: {str(err)[:300]}", src
+    store.write_failure(source.case_id, reason, culprit)
+    return CaseResult(source.case_id, "failed", reason, culprit, time.perf_counter() - t0)
