@@ -13,7 +13,7 @@ from flows.preprocess import preprocess
 from pgl_core.config import load_config
 from storage.phantoms import DATASET_NAMES
 
-DEMO_KINDS = ["btcv", "lits", "kits", "spleen", "pool"]
+DEMO_KINDS = ["pool", "btcv", "lits", "kits", "spleen"]  # pool first: its median spacing is shared
 DEMO_SHAPE = (48, 96, 96)
 
 
@@ -30,6 +30,8 @@ def run_demo(workdir: Path, cases: int = 3) -> int:
     for kind in DEMO_KINDS:
         name = DATASET_NAMES[kind]
         summary = preprocess(str(raw / name), name, str(store), cfg.preprocess)
+        # one spacing for every dataset: pretraining mixes them, fine-tuning checks the contract
+        cfg.preprocess.target_spacing_mm = tuple(summary.plan["target_spacing_mm"])
         failed += len(summary.failed)
         for line in summary.lines():
             print("   ", line)

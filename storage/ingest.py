@@ -25,7 +25,6 @@ from storage.volume import Volume
 
 log = logging.getLogger(__name__)
 
-STATS_HU_WINDOW = (-1024.0, 325.0)
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (TransientIOError, ConnectionError, TimeoutError)
 
 
@@ -45,33 +44,13 @@ class CaseResult:
         return asdict(self)
 
 
-def intensity_stats(image_hu: np.ndarray) -> dict[str, float]:
-    """Clipped-HU statistics of a whole volume (for z-score normalisation at training time).
-
-    ``n``, ``sum`` and ``sumsq`` allow exact pooling across cases.
-    """
-    clipped = np.clip(image_hu.astype(np.float64), *STATS_HU_WINDOW)
-    n = float(clipped.size)
-    s, ss = float(clipped.sum()), float(np.square(clipped).sum())
-    mean = s / n
-    return {
-        "mean_hu": mean,
-        "std_hu": float(np.sqrt(max(ss / n - mean * mean, 0.0))),
-        "min_hu": float(image_hu.min()),
-        "max_hu": float(image_hu.max()),
-        "n": n,
-        "sum": s,
-        "sumsq": ss,
-    }
-
-
 def _prepare(volume: Volume, plan: Plan, is_label: bool) -> Volume:
     vol = canonicalize(volume, is_label=is_label)
     return resample(vol, plan.target_spacing_mm, is_label=is_label)
 
 
-def _case_attrs(image: Volume, meta: dict[str, Any], checksum: str, plan: Plan,
-                label: np.ndarray | None) -> dict[str, Any]:
+def _case_attrs(image: Volume, meta: dict[str, Any], checksum: str, plan: Plan) -> dict[str, Any]:
+    """Geometry and provenance; the store adds intensity stats and label counts itself."""
     attrs: dict[str, Any] = {
         "spacing": list(image.spacing_mm),
         "origin": list(image.origin_mm),
@@ -82,12 +61,7 @@ def _case_attrs(image: Volume, meta: dict[str, Any], checksum: str, plan: Plan,
         "source_format": meta.get("format", ""),
         "source_checksum": checksum,
         "plan_hash": plan.hash,
-        "labelled": label is not None,
-        "stats": intensity_stats(image.array),
     }
-    if label is not None:
-        counts = np.bincount(label.ravel(), minlength=1)
-        attrs["label_counts"] = {str(i): int(c) for i, c in enumerate(counts) if c}
     return attrs
 
 
@@ -127,7 +101,7 @@ def ingest_case(
             return CaseResult(source.case_id, "skipped", "unchanged source and plan", src,
                               time.perf_counter() - t0)
         image, label, meta = _convert(source, plan)
-        store.write_case(source.case_id, image.array, label, _case_attrs(image, meta, checksum, plan, label),
+        store.write_case(source.case_id, image.array, label, _case_attrs(image, meta, checksum, plan),
                          chunk_vox=plan.chunk_vox, shard_vox=plan.shard_vox, zstd_level=plan.zstd_level)
         return CaseResult(source.case_id, "done", "", src, time.perf_counter() - t0, list(image.shape_zyx))
     except TRANSIENT_ERRORS:
