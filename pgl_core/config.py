@@ -67,6 +67,11 @@ class ViewConfig(_Section):
     patch_vox: Triple = Field((16, 96, 96), description="View size (D, H, W) fed to the network.")
     scale_range: tuple[float, float] = Field((1.1, 1.4), description="Crop box / patch size ratio, per axis.")
     min_overlap: float = Field(0.1, ge=0.0, lt=1.0, description="Minimum overlap volume / box volume.")
+    min_axis_overlap: float = Field(
+        0.25, ge=0, lt=1,
+        description="Minimum per-axis overlap / larger box extent; keeps the overlap resolvable at the "
+        "coarsest feature level.",
+    )
     max_tries: int = Field(20, ge=1, description="Redraws before the offset is shrunk to force overlap.")
     flip_p: float = Field(0.5, ge=0, le=1, description="Per-axis flip probability.")
     rotate90: bool = Field(False, description="In-plane (H, W) 90-degree rotations.")
