@@ -14,7 +14,7 @@ from tqdm import tqdm
 from pgl_core.config import ConfigError, load_config
 from storage.phantoms import KINDS, write_dataset
 
-__all__ = ["ConfigError", "cmd_phantoms", "cmd_preprocess", "cmd_demo"]
+__all__ = ["cmd_phantoms", "cmd_preprocess", "cmd_demo", "make_phantoms"]
 
 EXIT_OK, EXIT_PARTIAL = 0, 1
 

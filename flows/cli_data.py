@@ -1,0 +1,43 @@
+"""``pgl phantoms``, ``pgl preprocess`` and ``pgl demo``: the data side of the command line."""
+
+from __future__ import annotations
+
+import argparse
+
+from flows.cli import add_config_args, triple
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("phantoms", help="Write synthetic abdominal CT phantom datasets (NIfTI / DICOM).",
+                       description="Write seeded synthetic CT phantoms in the MSD layout and/or as DICOM series.")
+    p.add_argument("--out", required=True, help="Output folder.")
+    p.add_argument("--kinds", default="btcv,lits,kits,spleen,pool",
+                   help="Comma-separated dataset kinds: btcv, lits, kits, spleen, pool (default: all).")
+    p.add_argument("--cases", type=int, default=4, help="Cases per kind (default 4).")
+    p.add_argument("--shape", type=triple(int), default=(64, 128, 128), metavar="Z,Y,X",
+                   help="Volume size in voxels (default 64,128,128).")
+    p.add_argument("--seed", type=int, default=0, help="Random seed (default 0).")
+    p.add_argument("--format", default="nifti", help="nifti, dicom or nifti,dicom (default nifti).")
+    p.set_defaults(handler="flows.commands:cmd_phantoms")
+
+    p = sub.add_parser("preprocess", help="Convert raw CT (MSD, volume folder, DICOM tree) to a Zarr dataset.",
+                       description="Convert raw CT into a chunked Zarr v3 dataset, one Prefect task per case on "
+                       "Dask. Reruns skip unchanged cases; new cases are added incrementally.")
+    p.add_argument("--input", required=True, help="MSD folder, folder of volumes or DICOM tree (path or s3://).")
+    p.add_argument("--dataset", required=True, help="Dataset name (a Zarr group under the store root).")
+    p.add_argument("--store", required=True, help="Store root: a folder or s3://bucket/prefix.")
+    p.add_argument("--target-spacing", type=triple(float), metavar="X,Y,Z",
+                   help="Output spacing in mm (default: the dataset's median spacing).")
+    p.add_argument("--force", action="store_true", help="Redo cases even when unchanged.")
+    p.add_argument("--dask-address", help="Join an existing Dask scheduler (default: a local cluster; "
+                   "env PGL_DASK_ADDRESS).")
+    p.add_argument("--workers", type=int, help="Local Dask workers (default: one per core).")
+    add_config_args(p)
+    p.set_defaults(handler="flows.commands:cmd_preprocess")
+
+    p = sub.add_parser("demo", help="Run the whole pipeline on synthetic phantoms, embedded (no services).",
+                       description="Generate phantoms, preprocess them, and run the pipeline on them, keeping "
+                       "everything under --workdir.")
+    p.add_argument("--workdir", default="demo-work", help="Folder for everything the demo makes.")
+    p.add_argument("--cases", type=int, default=3, help="Cases per phantom dataset (default 3).")
+    p.set_defaults(handler="flows.commands:cmd_demo")
