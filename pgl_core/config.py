@@ -130,7 +130,9 @@ class TrainConfig(_Section):
     steps: int = Field(1000, ge=1, description="Optimisation steps.")
     batch_size: int = Field(8, ge=1, description="Global batch (split across ranks).")
     seed: int = Field(0, description="Seed for weights, sampling and augmentation.")
-    loader_workers: int = Field(2, ge=0, description="Data-loader worker processes per rank.")
+    loader_workers: int = Field(
+        10, ge=0, description="Data-loader worker processes per rank (a GPU at the paper config needs ~10-12)."
+    )
     crops_per_volume: int = Field(4, ge=1, description="Crops drawn per case visit (amortises opens).")
     amp: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto = bf16 on CUDA, fp32 on CPU.")
     tf32: bool = Field(True, description="Allow TF32 matmuls on CUDA.")
@@ -139,6 +141,9 @@ class TrainConfig(_Section):
     checkpoint_every_steps: int = Field(500, ge=1, description="Checkpoint interval in steps.")
     checkpoint_every_minutes: float = Field(30.0, gt=0, description="Checkpoint interval in minutes.")
     keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept (older are deleted).")
+    max_consecutive_nonfinite: int = Field(
+        10, ge=1, description="Abort after this many consecutive steps with a non-finite loss."
+    )
 
 
 class FinetuneConfig(_Section):
