@@ -22,3 +22,4 @@ os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="pgl-test-prefect-
 
 from tests.plugins.realdata import *  # noqa: E402,F401,F403
 from tests.plugins.s3 import *  # noqa: E402,F401,F403
+from tests.plugins.mlflow_server import *  # noqa: E402,F401,F403
