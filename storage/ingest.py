@@ -65,9 +65,11 @@ def _case_attrs(image: Volume, meta: dict[str, Any], checksum: str, plan: Plan) 
     return attrs
 
 
-def _convert(source: CaseSource, plan: Plan) -> tuple[Volume, np.ndarray | None, dict[str, Any]]:
+def _convert(source: CaseSource, plan: Plan, checksum: str,
+             storage_options: dict | None) -> tuple[Volume, np.ndarray | None, dict[str, Any]]:
     image, label, meta = read_case(
-        source, allow_non_ct=plan.allow_non_ct, spacing_tolerance=plan.spacing_tolerance
+        source, allow_non_ct=plan.allow_non_ct, spacing_tolerance=plan.spacing_tolerance,
+        storage_options=storage_options, source_checksum=checksum,
     )
     image = to_int16_hu(_prepare(image, plan, is_label=False))
     label_arr = None
@@ -100,7 +102,7 @@ def ingest_case(
         if not force and store.is_done(source.case_id, checksum, plan.hash):
             return CaseResult(source.case_id, "skipped", "unchanged source and plan", src,
                               time.perf_counter() - t0)
-        image, label, meta = _convert(source, plan)
+        image, label, meta = _convert(source, plan, checksum, storage_options)
         store.write_case(source.case_id, image.array, label, _case_attrs(image, meta, checksum, plan),
                          chunk_vox=plan.chunk_vox, shard_vox=plan.shard_vox, zstd_level=plan.zstd_level)
         return CaseResult(source.case_id, "done", "", src, time.perf_counter() - t0, list(image.shape_zyx))

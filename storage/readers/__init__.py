@@ -68,12 +68,15 @@ def _read_image(source: CaseSource, paths: list[str], allow_non_ct: bool, tol: f
 
 
 def read_case(source: CaseSource, allow_non_ct: bool = False, spacing_tolerance: float = 0.1,
-              storage_options: dict | None = None) -> tuple[Volume, Volume | None, dict]:
+              storage_options: dict | None = None,
+              source_checksum: str | None = None) -> tuple[Volume, Volume | None, dict]:
     """Read one case -> (image, label or None, meta), in the input's own geometry.
 
     image: (z, y, x) HU, int16 when integral else float32; label: uint8 on the same grid.
-    meta: ``source_checksum`` (sha256 over all input files, images in order then the label),
-    ``original_spacing`` / ``original_size`` (x, y, z), ``modality``, ``format``.
+    meta: ``source_checksum`` (sha256 over all input files, images in order then the label:
+    :func:`storage.checksum.sha256_files`; a caller that already computed it passes it as
+    ``source_checksum`` and the files are not hashed again), ``original_spacing`` /
+    ``original_size`` (x, y, z), ``modality``, ``format``.
     """
     uris = list(source.image_uris) + ([source.label_uri] if source.label_uri else [])
     with _local_copies(uris, storage_options) as local:
@@ -90,7 +93,7 @@ def read_case(source: CaseSource, allow_non_ct: bool = False, spacing_tolerance:
             raise
         except Exception as exc:  # any other decoder failure is an unreadable input, never a crash
             raise UnreadableInput(source.image_uris[0], f"{type(exc).__name__}: {exc}") from exc
-        checksum = sha256_files([local[u] for u in uris])
+        checksum = source_checksum or sha256_files([local[u] for u in uris])
     if label is not None:
         try:
             labels_match_image(image, label)

@@ -13,6 +13,9 @@ Choices (documented behaviour):
 - Slices are ordered by their position along the slice normal, never by InstanceNumber.
 - A volume needs at least ``MIN_SLICES`` (3) slices; gaps, non-uniform steps (relative
   ``spacing_tolerance``), duplicate positions, in-plane shifts (gantry tilt) are refused.
+- Fast path: uncompressed little-endian 16-bit MONOCHROME2 slices with an integral rescale are
+  decoded straight from the file with numpy (``storage.readers.dicom_pixels``), exactly GDCM's
+  values; everything else is decoded by GDCM.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import SimpleITK as sitk
 from pydicom.dataset import Dataset
 
 from storage.errors import RefusedInput, UnreadableInput
+from storage.readers.dicom_pixels import decode_raw, raw_pixels
 from storage.volume import Volume
 
 MIN_SLICES = 3
@@ -113,6 +117,7 @@ class _Slice:
     shape: tuple[int, int]
     slope: float
     intercept: float
+    raw: tuple[int, str, int] | None = None  # uncompressed pixels: (byte offset, dtype, bits stored)
 
 
 def _floats(value, n: int, what: str, path: str) -> np.ndarray:
@@ -127,14 +132,16 @@ def _floats(value, n: int, what: str, path: str) -> np.ndarray:
 
 def _classic_slice(ds: Dataset, path: str) -> _Slice:
     ps = _floats(ds.get("PixelSpacing"), 2, "PixelSpacing", path)
+    shape = (int(ds.get("Rows") or 0), int(ds.get("Columns") or 0))
+    slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
+    intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
     return _Slice(
         path=path, frame=-1,
         ipp=_floats(ds.get("ImagePositionPatient"), 3, "ImagePositionPatient", path),
         iop=_floats(ds.get("ImageOrientationPatient"), 6, "ImageOrientationPatient", path),
         pixel_spacing=(float(ps[0]), float(ps[1])),
-        shape=(int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)),
-        slope=float(ds.get("RescaleSlope", 1.0) or 1.0),
-        intercept=float(ds.get("RescaleIntercept", 0.0) or 0.0),
+        shape=shape, slope=slope, intercept=intercept,
+        raw=raw_pixels(ds, shape, slope, intercept),
     )
 
 
@@ -270,11 +277,17 @@ def _value_dtype(slices: list[_Slice]) -> np.dtype:
 
 
 def _to_dtype(hu: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    return np.clip(np.rint(hu), -32768, 32767).astype(dtype) if dtype == np.int16 else hu.astype(dtype)
+    if dtype != np.int16:
+        return hu.astype(dtype)
+    rounded = hu if np.issubdtype(hu.dtype, np.integer) else np.rint(hu)
+    return np.clip(rounded, -32768, 32767).astype(dtype)
 
 
 def _decode_classic(s: _Slice) -> np.ndarray:
-    """One single-frame file -> (rows, cols) float in HU (GDCM applies the file's rescale)."""
+    """One single-frame file -> (rows, cols) HU (GDCM applies the file's rescale; float, or int32
+    from the numpy fast path)."""
+    if s.raw is not None:
+        return decode_raw(s)
     try:
         arr = sitk.GetArrayFromImage(sitk.ReadImage(s.path, sitk.sitkFloat32, imageIO="GDCMImageIO"))
     except RuntimeError:
@@ -315,6 +328,9 @@ def _stack(ordered: list[_Slice], dtype: np.dtype) -> np.ndarray:
         return _to_dtype(_decode_enhanced(ordered), dtype)
     out = np.empty((len(ordered), rows, cols), dtype=dtype)
     for z, s in enumerate(ordered):
+        if s.raw is not None and dtype == np.int16:
+            decode_raw(s, out[z])
+            continue
         hu = _decode_classic(s)
         if hu.shape != (rows, cols):
             raise UnreadableInput(s.path, f"decoded slice shape {hu.shape} != header Rows/Columns {(rows, cols)}")

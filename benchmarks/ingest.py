@@ -1,0 +1,288 @@
+"""Ingest benchmark: DICOM series -> canonical, resampled int16 Zarr, against its floor and .nii.gz.
+
+Builds a few CT-like DICOM series (``storage.phantoms``, default 3 cases of 120 x 512 x 512, kept
+in ``--data`` for reuse), warms the page cache, then times each case in worker processes: one
+long-lived process per method that takes the cases one after another, as a preprocessing worker
+does; after one untimed warm-up case per worker, each case runs through every method back to
+back, so ratios are taken per case and load from elsewhere on the machine largely cancels:
+
+  floor     SimpleITK ImageSeriesReader (series file names + read): merely reading the series
+  ours      storage.ingest.ingest_case into a local store, plan spacing --spacing (real resampling)
+  ours-nat  the same with the plan at the series' native spacing (no resampling)
+  ours-prep everything "ours" does before the store write (checksum, read_case, canonicalize,
+            resample, int16): what the store's write_case adds is ours - ours-prep
+  (b)       the same conversion (read_case + canonicalize + resample + int16) written as .nii.gz
+            with SimpleITK WriteImage(useCompression=True), what nnU-Net v1 / MONAI pipelines store
+  (b-sitk)  the whole classic SimpleITK pipeline: ImageSeriesReader + DICOMOrient +
+            ResampleImageFilter (linear) + WriteImage .nii.gz (skip with --no-classic)
+  what-if   "ours" with the store's zstd codec swapped for Blosc(zstd, clevel 1, byte shuffle)
+            (same checksum, read, resample, stats, chunks; written with zarr directly): the
+            effect of that store change, measured here (skip with --no-what-if)
+
+Targets (TARGETS.md): ours <= 1.5x floor, ours >= 3x faster than (b). Memory: the "ours" worker's
+peak RSS above its post-import baseline after each case, in multiples of one input volume
+(int16); it must stay flat as the number of cases grows. Usage:
+
+    python benchmarks/ingest.py                       # 3 cases of 120 x 512 x 512
+    python benchmarks/ingest.py --cases 2 --shape 60 256 256 --no-classic   # quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import json
+import multiprocessing as mp
+import os
+import shutil
+import sys
+import tempfile
+import time
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+METHODS = ("floor", "ours", "ours-nat", "ours-prep", "(b)", "(b-sitk)", "what-if")
+
+
+def _proc_status_mb(key: str) -> float:
+    """A memory line of /proc/self/status (VmRSS: now, VmHWM: peak since exec or reset) in MB."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1e3
+    return float("nan")
+
+
+def _reset_peak() -> bool:
+    """Reset this process's peak RSS (VmHWM) so that the next reading is one case's peak."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _floor(case: Any) -> None:
+    import SimpleITK as sitk
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(os.path.dirname(case.image_uris[0])))
+    reader.Execute()
+
+
+def _nifti(case: Any, spacing_mm: tuple[float, float, float], out: str) -> None:
+    import SimpleITK as sitk
+
+    from storage.geometry import canonicalize, resample, to_int16_hu
+    from storage.readers import read_case
+    image, _, _ = read_case(case)
+    vol = to_int16_hu(resample(canonicalize(image), spacing_mm))
+    sitk.WriteImage(vol.to_sitk(), out, useCompression=True)
+
+
+def _classic(case: Any, spacing_mm: tuple[float, float, float], out: str) -> None:
+    import SimpleITK as sitk
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(os.path.dirname(case.image_uris[0])))
+    img = sitk.DICOMOrient(reader.Execute(), "LPS")
+    size = [max(1, int(round(n * s / t))) for n, s, t in zip(img.GetSize(), img.GetSpacing(), spacing_mm)]
+    img = sitk.Resample(sitk.Cast(img, sitk.sitkFloat32), size, sitk.Transform(), sitk.sitkLinear, img.GetOrigin(),
+                        spacing_mm, img.GetDirection(), 0.0, sitk.sitkFloat32, True)
+    sitk.WriteImage(sitk.Cast(sitk.Round(img), sitk.sitkInt16), out, useCompression=True)
+
+
+def _prepared(case: Any, spacing_mm: tuple[float, float, float]) -> Any:
+    """What ingest_case does before writing: checksum, read, canonicalize, resample, int16."""
+    from storage.checksum import sha256_files
+    from storage.geometry import canonicalize, resample, to_int16_hu
+    from storage.readers import read_case
+    image, _, _ = read_case(case, source_checksum=sha256_files(list(case.image_uris)))
+    return to_int16_hu(resample(canonicalize(image), spacing_mm))
+
+
+def _what_if(case: Any, spacing_mm: tuple[float, float, float], out: str) -> None:
+    import zarr
+    from zarr.codecs import BloscCodec
+
+    from storage import layout
+    vol = _prepared(case, spacing_mm)
+    layout.image_stats(vol.array)
+    group = zarr.open_group(os.path.join(out, case.case_id), mode="w", zarr_format=3)
+    arr = group.create_array("image", shape=vol.array.shape, dtype="int16", chunks=(32, 64, 64), fill_value=-1024,
+                             compressors=BloscCodec(cname="zstd", clevel=1, shuffle="shuffle", typesize=2),
+                             config={"write_empty_chunks": False})
+    arr[...] = vol.array
+
+
+def run_case(method: str, plan: Any, case: Any, spacing_mm: tuple, out: str) -> None:
+    """One case by ``method`` (see the module doc), writing under the folder ``out``."""
+    from storage.ingest import ingest_case
+    if method == "floor":
+        _floor(case)
+    elif plan is not None:
+        result = ingest_case(case, out, "bench", plan, force=True)
+        if result.status != "done":
+            raise RuntimeError(f"{method}: case {case.case_id} {result.status}: {result.reason}")
+    elif method == "(b)":
+        _nifti(case, spacing_mm, os.path.join(out, f"{case.case_id}.nii.gz"))
+    elif method == "ours-prep":
+        _prepared(case, spacing_mm)
+    elif method == "what-if":
+        _what_if(case, spacing_mm, out)
+    else:
+        _classic(case, spacing_mm, os.path.join(out, f"{case.case_id}.nii.gz"))
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _setup(method: str, spacing_mm: tuple, work: str, zstd_level: int) -> float:
+    """In a method's worker process: imports, output folder (and store); returns RSS in MB."""
+    import numpy as np  # noqa: F401  (imports are part of the baseline, not of a case)
+    import SimpleITK  # noqa: F401
+    import zarr  # noqa: F401
+
+    from storage.plan import Plan
+    from storage.store import DatasetStore
+    out = os.path.join(work, method.strip("()").replace("-", "_"))
+    os.makedirs(out, exist_ok=True)
+    plan = None
+    if method in ("ours", "ours-nat"):
+        plan = Plan(target_spacing_mm=tuple(spacing_mm), zstd_level=zstd_level)
+        DatasetStore(out, "bench", create=True).ensure(plan.to_dict(), {})
+    _WORKER.update(method=method, plan=plan, spacing_mm=tuple(spacing_mm), out=out)
+    return _proc_status_mb("VmRSS")
+
+
+def _timed(case: Any) -> dict[str, Any]:
+    """In a method's worker process: run one case; its seconds and peak RSS (MB)."""
+    per_case = _reset_peak()
+    t0 = time.perf_counter()
+    run_case(_WORKER["method"], _WORKER["plan"], case, _WORKER["spacing_mm"], _WORKER["out"])
+    return {"case": case.case_id, "seconds": time.perf_counter() - t0,
+            "peak_rss_mb": _proc_status_mb("VmHWM"), "peak_is_per_case": per_case}
+
+
+def make_data(data: str, n: int, shape_zyx: tuple[int, int, int]) -> str:
+    """The DICOM phantom folder for (n, shape), generated once and reused."""
+    from storage.phantoms import write_dataset
+    marker = os.path.join(data, "bench.json")
+    want = {"n": n, "shape_zyx": list(shape_zyx)}
+    if os.path.exists(marker) and json.load(open(marker)) == want:
+        return os.path.join(data, "PhantomPool_dicom")
+    shutil.rmtree(data, ignore_errors=True)
+    t0 = time.perf_counter()
+    write_dataset(data, "pool", n, shape_zyx=shape_zyx, formats=("dicom",))
+    json.dump(want, open(marker, "w"))
+    print(f"generated {n} DICOM series {shape_zyx} in {time.perf_counter() - t0:.1f} s")
+    return os.path.join(data, "PhantomPool_dicom")
+
+
+def warm_page_cache(cases: list) -> int:
+    total = 0
+    for case in cases:
+        for uri in case.image_uris:
+            with open(uri, "rb") as fh:
+                while block := fh.read(1 << 22):
+                    total += len(block)
+    return total
+
+
+def run_interleaved(methods: dict[str, tuple], cases: list, work: str, zstd_level: int) -> dict[str, dict]:
+    """One worker process per method (``{method: target spacing}``), all alive at once; after an
+    untimed warm-up case each, cases run in turn through every method, so load changes on the
+    machine hit all methods alike."""
+    ctx = mp.get_context("spawn")
+    pools = {m: cf.ProcessPoolExecutor(max_workers=1, mp_context=ctx) for m in methods}
+    try:
+        base = {m: pools[m].submit(_setup, m, sp, work, zstd_level).result() for m, sp in methods.items()}
+        for m in methods:
+            pools[m].submit(_timed, cases[0]).result()
+        rows: dict[str, list] = {m: [] for m in methods}
+        for case in cases:
+            for m in methods:
+                rows[m].append(pools[m].submit(_timed, case).result())
+    finally:
+        for pool in pools.values():
+            pool.shutdown()
+    results = {}
+    for m in methods:
+        out = os.path.join(work, m.strip("()").replace("-", "_"))
+        size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(out) for f in fs)
+        results[m] = {"method": m, "rows": rows[m], "baseline_rss_mb": base[m], "bytes_written": size}
+    return results
+
+
+def _per_case_ratio(num: list[dict], den: list[dict]) -> float:
+    """Median over cases of num/den seconds (cases ran back to back, so load cancels out)."""
+    import numpy as np
+    return float(np.median([a["seconds"] / b["seconds"] for a, b in zip(num, den)]))
+
+
+def print_table(results: dict[str, dict], labels: dict[str, str], vol_mb: float) -> None:
+    import numpy as np
+    rows = {m: res["rows"] for m, res in results.items()}
+    head = "method (ms: median over cases [min]; ratios: per case)"
+    print(f"\n{head:<58}{'ms/case':>13}{'x floor':>9}{'vs (b)':>8}{'MB out':>8}")
+    for m, res in results.items():
+        secs = [r["seconds"] for r in rows[m]]
+        timing = f"{1000 * float(np.median(secs)):.0f} [{1000 * min(secs):.0f}]"
+        x_floor = f"{_per_case_ratio(rows[m], rows['floor']):.2f}" if "floor" in rows else "-"
+        vs_b = f"{_per_case_ratio(rows['(b)'], rows[m]):.2f}" if "(b)" in rows else "-"
+        print(f"{labels[m]:<58}{timing:>13}{x_floor:>9}{vs_b:>8}{res['bytes_written'] / 1e6 / len(rows[m]):>8.1f}")
+    if {"ours", "floor", "(b)"} <= set(rows):
+        x_floor, vs_b = _per_case_ratio(rows["ours"], rows["floor"]), _per_case_ratio(rows["(b)"], rows["ours"])
+        print(f"\ntargets: ours <= 1.5x floor: {x_floor:.2f}x [{'met' if x_floor <= 1.5 else 'NOT met'}]; "
+              f"ours >= 3x faster than (b): {vs_b:.2f}x [{'met' if vs_b >= 3 else 'NOT met'}]")
+    if "ours" in results:
+        res = results["ours"]
+        peaks = [r["peak_rss_mb"] - res["baseline_rss_mb"] for r in res["rows"]]
+        scope = "of each case" if all(r["peak_is_per_case"] for r in res["rows"]) else "so far, after each case"
+        print(f"memory (ours worker): RSS after imports {res['baseline_rss_mb']:.0f} MB; after a warm-up case, "
+              f"peak RSS above that ({scope}) for cases 1..{len(peaks)}: {', '.join(f'{p:.0f}' for p in peaks)} MB"
+              f" = {', '.join(f'{p / vol_mb:.1f}' for p in peaks)} x one input volume ({vol_mb:.0f} MB int16)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--cases", type=int, default=3)
+    ap.add_argument("--shape", type=int, nargs=3, default=(120, 512, 512), metavar=("Z", "Y", "X"))
+    ap.add_argument("--spacing", type=float, nargs=3, default=(0.8, 0.8, 2.0), metavar=("X", "Y", "Z"),
+                    help="plan target spacing in mm (x, y, z)")
+    ap.add_argument("--zstd-level", type=int, default=3)
+    ap.add_argument("--no-classic", dest="classic", action="store_false", help="skip (b-sitk)")
+    ap.add_argument("--no-what-if", dest="what_if", action="store_false", help="skip the codec what-if")
+    ap.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), help="run only these")
+    ap.add_argument("--data", default=os.path.join(tempfile.gettempdir(), "pgl-ingest-bench-data"),
+                    help="where the DICOM phantoms are generated once and reused")
+    ap.add_argument("--json", default=None, help="also write the results to this JSON file")
+    args = ap.parse_args(argv)
+    from storage.readers import discover_cases, read_case
+    cases, problems, _ = discover_cases(make_data(args.data, args.cases, tuple(args.shape)))
+    if problems or len(cases) != args.cases:
+        raise SystemExit(f"expected {args.cases} cases, found {len(cases)}; problems: {problems}")
+    print(f"page cache warmed: {warm_page_cache(cases) / 1e6:.0f} MB in {len(cases)} series")
+    native = read_case(cases[0])[0].spacing_mm
+    spacing = tuple(args.spacing)
+    labels = {"floor": "floor: SimpleITK ImageSeriesReader",
+              "ours": f"ours: ingest_case -> Zarr, spacing {spacing}",
+              "ours-nat": "ours-nat: ingest_case -> Zarr, native spacing",
+              "ours-prep": "ours-prep: ours up to (not incl.) the store write",
+              "(b)": "(b): same conversion -> .nii.gz (SimpleITK)",
+              "(b-sitk)": "(b-sitk): SimpleITK read+orient+resample -> .nii.gz",
+              "what-if": "what-if: ours with Blosc(zstd 1, shuffle) chunks"}
+    chosen = {m: (native if m == "ours-nat" else spacing) for m in METHODS if m in args.methods
+              and not (m == "(b-sitk)" and not args.classic) and not (m == "what-if" and not args.what_if)}
+    with tempfile.TemporaryDirectory(prefix="pgl-ingest-bench-") as work:
+        results = run_interleaved(chosen, cases, work, args.zstd_level)
+    vol_mb = 2 * args.shape[0] * args.shape[1] * args.shape[2] / 1e6
+    print_table(results, labels, vol_mb)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"shape_zyx": args.shape, "spacing_mm": spacing, "results": results}, fh, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
