@@ -39,7 +39,9 @@ class PreprocessConfig(_Section):
         description="Zarr shard shape (z, y, x). None = no shards on local disk, (128, 256, 256) "
         "on object stores (fewer, larger objects).",
     )
-    zstd_level: int = Field(3, ge=1, le=22, description="zstd compression level of the arrays.")
+    zstd_level: int = Field(
+        1, ge=1, le=9, description="zstd level of the arrays' chunks (zstd inside Blosc, byte shuffle)."
+    )
     allow_non_ct: bool = Field(False, description="Accept DICOM modalities other than CT.")
     spacing_tolerance: float = Field(
         0.1, gt=0, description="Relative tolerance on slice spacing uniformity before a series is refused."

@@ -27,7 +27,7 @@ import threading
 from typing import Any
 
 import numpy as np
-from numcodecs import Zstd
+from numcodecs import Blosc, Zstd
 
 from storage.errors import StorageError
 
@@ -40,10 +40,16 @@ _EMPTY = np.uint64(2**64 - 1)
 _MAX_GAP_BYTES = 512 * 1024  # merge two ranges when fewer unneeded bytes lie between them
 
 
-def _plain_zstd(codecs: list[dict]) -> bool:
+_DECODERS = {"zstd": Zstd, "blosc": Blosc}
+
+
+def _plain_codec(codecs: list[dict]) -> str | None:
+    """"zstd" or "blosc" for little-endian ``bytes`` + that one compressor, else None."""
     names = [c.get("name") for c in codecs]
     endian = (codecs[0].get("configuration") or {}).get("endian", "little") if codecs else None
-    return names == ["bytes", "zstd"] and endian in ("little", None)
+    if len(names) == 2 and names[0] == "bytes" and names[1] in _DECODERS and endian in ("little", None):
+        return names[1]
+    return None
 
 
 def _parse_layout(meta: dict[str, Any]) -> dict[str, Any] | None:
@@ -53,17 +59,18 @@ def _parse_layout(meta: dict[str, Any]) -> dict[str, Any] | None:
     if key_enc.get("name") != "default" or key_enc.get("configuration", {}).get("separator", "/") != "/":
         return None
     grid = tuple(int(s) for s in meta["chunk_grid"]["configuration"]["chunk_shape"])
-    if _plain_zstd(codecs):
-        return {"chunk": grid, "shard": None}
+    if _plain_codec(codecs):
+        return {"chunk": grid, "shard": None, "codec": _plain_codec(codecs)}
     if len(codecs) != 1 or codecs[0].get("name") != "sharding_indexed":
         return None
     cfg = codecs[0]["configuration"]
     index = [c.get("name") for c in cfg.get("index_codecs", [])]
-    if not _plain_zstd(cfg.get("codecs", [])) or index != ["bytes", "crc32c"]:
+    codec = _plain_codec(cfg.get("codecs", []))
+    if not codec or index != ["bytes", "crc32c"]:
         return None
     if cfg.get("index_location", "end") != "end":
         return None
-    return {"chunk": tuple(int(c) for c in cfg["chunk_shape"]), "shard": grid}
+    return {"chunk": tuple(int(c) for c in cfg["chunk_shape"]), "shard": grid, "codec": codec}
 
 
 def open_crop_reader(fs: Any, array_path: str, meta: dict[str, Any], shape: tuple[int, ...],
@@ -73,22 +80,23 @@ def open_crop_reader(fs: Any, array_path: str, meta: dict[str, Any], shape: tupl
     if lay is None:
         return None
     if lay["shard"] is None:
-        return ChunkCropReader(fs, array_path, shape, dtype, fill_value, lay["chunk"])
-    return ShardedCropReader(fs, array_path, shape, dtype, fill_value, lay["chunk"], lay["shard"])
+        return ChunkCropReader(fs, array_path, shape, dtype, fill_value, lay["chunk"], lay["codec"])
+    return ShardedCropReader(fs, array_path, shape, dtype, fill_value, lay["chunk"], lay["shard"],
+                             lay["codec"])
 
 
 class ChunkCropReader:
     """Crop reader for an unsharded array: one object per chunk, fetched together."""
 
     def __init__(self, fs: Any, array_path: str, shape: tuple[int, ...], dtype: np.dtype,
-                 fill_value: Any, chunk: tuple[int, ...]) -> None:
+                 fill_value: Any, chunk: tuple[int, ...], codec: str = "zstd") -> None:
         self.fs = fs
         self.path = array_path.rstrip("/")
         self.shape = tuple(int(s) for s in shape)
         self.dtype = np.dtype(dtype).newbyteorder("<")
         self.fill_value = fill_value
         self.chunk = chunk
-        self._zstd = Zstd()
+        self._codec = _DECODERS[codec]()
         self.n_requests = 0
         self.n_bytes = 0
 
@@ -102,7 +110,7 @@ class ChunkCropReader:
         return np.full([b - a for a, b in zip(lo, hi)], self.fill_value, dtype=self.dtype.newbyteorder("="))
 
     def _decode(self, raw: bytes) -> np.ndarray:
-        return np.frombuffer(self._zstd.decode(raw), dtype=self.dtype).reshape(self.chunk)
+        return np.frombuffer(self._codec.decode(raw), dtype=self.dtype).reshape(self.chunk)
 
     def read(self, lo: tuple[int, ...], hi: tuple[int, ...]) -> np.ndarray:
         """The box ``[lo, hi)`` (inside the array) as a new array ``(z, y, x)``."""
@@ -130,8 +138,9 @@ class ShardedCropReader(ChunkCropReader):
     """Crop reader for one sharded array at ``array_path`` inside the sync filesystem ``fs``."""
 
     def __init__(self, fs: Any, array_path: str, shape: tuple[int, ...], dtype: np.dtype,
-                 fill_value: Any, chunk: tuple[int, ...], shard: tuple[int, ...]) -> None:
-        super().__init__(fs, array_path, shape, dtype, fill_value, chunk)
+                 fill_value: Any, chunk: tuple[int, ...], shard: tuple[int, ...],
+                 codec: str = "zstd") -> None:
+        super().__init__(fs, array_path, shape, dtype, fill_value, chunk, codec)
         self.per_shard = tuple(s // c for s, c in zip(shard, chunk))
         self.n_index = int(np.prod(self.per_shard))
         self.index_bytes = self.n_index * 16 + 4

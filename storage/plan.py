@@ -27,7 +27,7 @@ class Plan:
     dtype: str = "int16"
     chunk_vox: tuple[int, int, int] = (32, 64, 64)
     shard_vox: tuple[int, int, int] | None = None
-    zstd_level: int = 3
+    zstd_level: int = 1
     allow_non_ct: bool = False
     spacing_tolerance: float = 0.1
     format_version: int = PLAN_FORMAT_VERSION
