@@ -156,7 +156,9 @@ class FinetuneConfig(_Section):
     patch_vox: Triple = Field((48, 160, 160), description="Training patch (D, H, W).")
     lr: float = Field(1e-2, gt=0, description="Peak learning rate.")
     optimizer: Literal["sgd", "adamw"] = Field("sgd", description="Optimiser.")
-    labelled: float = Field(1.0, gt=0, description="Labelled cases used: a count (>= 1) or a fraction (< 1).")
+    labelled: float | None = Field(
+        None, gt=0, description="Labelled training cases used: a count (>= 1), a fraction (< 1), None = all."
+    )
     val_fraction: float = Field(0.2, ge=0, lt=1, description="Fraction of labelled cases for validation.")
     test_fraction: float = Field(0.2, ge=0, lt=1, description="Fraction of labelled cases held out for test.")
     foreground_p: float = Field(0.67, ge=0, le=1, description="Probability a patch is centred on foreground.")

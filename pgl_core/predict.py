@@ -1,0 +1,106 @@
+"""Segment one CT file or DICOM series folder with a fine-tuned model directory.
+
+:func:`predict_file` is the contract's ``predictor`` (also behind ``pgl predict`` and the MLflow
+pyfunc model): read the input through ``storage.readers`` (same refusals as ingest), apply the
+model's preprocessing contract (canonical LPS orientation, resampling to ``spacing_mm``, HU window
+and normalisation), sliding-window prediction (Gaussian blending, the contract's overlap), then
+map the label map back onto the input's own grid (nearest neighbour through physical space) and
+write it with exactly the input's size, spacing, origin and direction (uint8).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from pgl_core.evaluation.sliding_window import sliding_window_predict
+from pgl_core.intensity_norm import IntensityNorm
+from pgl_core.nets.unet import SegmentationUNet
+from pgl_core.seg_contract import load_segmenter
+from storage.errors import RefusedInput
+from storage.geometry import canonicalize, resample
+from storage.readers import CaseSource, discover_cases, read_case
+from storage.readers.image_file import image_suffix
+from storage.volume import Volume
+from storage.writers import resample_to_reference, write_volume
+
+
+def contract_norm(contract: dict[str, Any]) -> IntensityNorm:
+    """The model's intensity mapping from its contract."""
+    n = contract["normalisation"]
+    return IntensityNorm(tuple(float(v) for v in contract["hu_window"]), str(n["kind"]),  # type: ignore[arg-type]
+                         None if n.get("mean_hu") is None else float(n["mean_hu"]),
+                         None if n.get("std_hu") is None else float(n["std_hu"]))
+
+
+def input_source(input_uri: str, storage_options: dict | None = None) -> CaseSource:
+    """A CaseSource for a single volume file, or the one series found in a DICOM folder."""
+    name = input_uri.rstrip("/").rsplit("/", 1)[-1]
+    if image_suffix(name) is not None:
+        return CaseSource("input", "image", (input_uri,), None, "unlabelled")
+    cases, problems, _ = discover_cases(input_uri, storage_options)
+    if len(cases) != 1:
+        found = ", ".join(c.case_id for c in cases) or "none"
+        extra = f"; problems: {problems[:3]}" if problems else ""
+        raise RefusedInput(input_uri, f"expected exactly one image series or volume, found {len(cases)} "
+                                      f"({found}){extra}")
+    return cases[0]
+
+
+def read_input(input_uri: str, storage_options: dict | None = None) -> Volume:
+    """The input CT in its own geometry (z, y, x), HU."""
+    image, _, _ = read_case(input_source(input_uri, storage_options), storage_options=storage_options)
+    return image
+
+
+def to_model_grid(image: Volume, contract: dict[str, Any]) -> Volume:
+    """Canonical orientation, then the contract's spacing (x, y, z) when it has one."""
+    vol = canonicalize(image)
+    spacing = contract.get("spacing_mm")
+    return resample(vol, tuple(float(s) for s in spacing)) if spacing else vol
+
+
+def segment_array(model: SegmentationUNet, contract: dict[str, Any], array_hu: np.ndarray,
+                  device: torch.device) -> np.ndarray:
+    """uint8 label map (z, y, x) of a HU array (z, y, x) already on the model's grid."""
+    norm = contract_norm(contract)
+    x = norm.apply(torch.from_numpy(np.ascontiguousarray(array_hu, dtype=np.float32)))
+    pad = float(norm.apply(torch.tensor([norm.hu_window[0]])).item())
+    num_classes = int(contract["architecture"]["num_classes"])
+    overlap = float(contract.get("sw_overlap", 0.5))
+    labels = sliding_window_predict(x[None, None], model, contract["patch_vox"], num_classes, overlap=overlap,
+                                    device=device, pad_value=pad)
+    return labels.numpy()
+
+
+def pick_device(device: str | torch.device | None) -> torch.device:
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def predict_volume(model: SegmentationUNet, contract: dict[str, Any], image: Volume,
+                   device: torch.device) -> Volume:
+    """Label map (uint8) of ``image`` on ``image``'s own grid."""
+    if int(contract.get("in_channels", 1)) != 1:
+        raise ValueError(f"model expects {contract['in_channels']} input channels; a CT file gives 1")
+    work = to_model_grid(image, contract)
+    labels = segment_array(model, contract, work.array, device)
+    on_grid = Volume(labels, work.spacing_mm, work.origin_mm, work.direction)
+    out = resample_to_reference(on_grid, image, is_label=True)
+    out.array = out.array.astype(np.uint8, copy=False)
+    return out
+
+
+def predict_file(model_dir: str, input_uri: str, output_uri: str, device: str | torch.device | None = None,
+                 storage_options: dict | None = None) -> str:
+    """Segment ``input_uri`` (NIfTI / NRRD / MHA file or DICOM series folder) and write the label map
+    to ``output_uri`` (``.nii.gz`` / ``.nii`` / ``.nrrd`` / ``.mha``, local or s3) in the input's
+    geometry; returns ``output_uri``."""
+    dev = pick_device(device)
+    model, contract = load_segmenter(model_dir, storage_options, device=dev)
+    image = read_input(input_uri, storage_options)
+    out = predict_volume(model, contract, image, dev)
+    return write_volume(out, output_uri, storage_options)
