@@ -1,6 +1,9 @@
-"""``pgl demo``: the pipeline end to end on synthetic phantoms with the embedded stack.
+"""``pgl demo``: the ``pipeline`` flow end to end on synthetic phantoms with the embedded stack.
 
-Everything it makes stays under the work folder: raw phantoms, the Zarr store, the Prefect home.
+Phantoms -> preprocess every dataset -> pretrain on the pool and all images -> fine-tune each
+labelled dataset -> evaluate -> register. Everything stays under the work folder: raw phantoms, the
+Zarr store, training outputs, the MLflow database and artifacts, the Prefect home, results.json.
+A rerun skips every unchanged stage.
 """
 
 from __future__ import annotations
@@ -9,32 +12,48 @@ import time
 from pathlib import Path
 
 from flows.commands import make_phantoms
-from flows.preprocess import preprocess
-from pgl_core.config import load_config
-from storage.phantoms import DATASET_NAMES
 
 DEMO_KINDS = ["pool", "btcv", "lits", "kits", "spleen"]  # pool first: its median spacing is shared
 DEMO_SHAPE = (48, 96, 96)
 
 
-def run_demo(workdir: Path, cases: int = 3) -> int:
-    """Generate phantoms, preprocess every dataset, print where everything is. Returns an exit code."""
+def _registered_models(workdir: Path) -> list[str]:
+    import mlflow
+
+    uri = f"sqlite:///{workdir / 'mlflow' / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    lines = []
+    for model in sorted(client.search_registered_models(), key=lambda m: m.name):
+        aliases = ", ".join(f"{alias}=v{version}" for alias, version in sorted(model.aliases.items()))
+        lines.append(f"models:/{model.name}@champion   ({aliases})")
+    return lines
+
+
+def run_demo(workdir: Path, cases: int = 3, inits: list[str] | None = None, seeds: list[int] | None = None,
+             preset: str = "tiny") -> int:
+    """Generate phantoms and run the pipeline flow on them; print where to look. Returns an exit code."""
+    from flows.pipeline import PipelineFailed, pipeline_flow, summary_lines
+
     t0 = time.perf_counter()
     workdir = workdir.resolve()
-    raw, store = workdir / "raw", workdir / "store"
+    raw, store, output = workdir / "raw", workdir / "store", workdir / "runs"
     print(f"[1/2] phantoms: {len(DEMO_KINDS)} datasets x {cases} cases -> {raw}")
     make_phantoms(str(raw), DEMO_KINDS, cases, DEMO_SHAPE, seed=0, formats=("nifti",))
-    cfg = load_config(preset="tiny")
-    failed = 0
-    print(f"[2/2] preprocess -> {store}")
-    for kind in DEMO_KINDS:
-        name = DATASET_NAMES[kind]
-        summary = preprocess(str(raw / name), name, str(store), cfg.preprocess)
-        # one spacing for every dataset: pretraining mixes them, fine-tuning checks the contract
-        cfg.preprocess.target_spacing_mm = tuple(summary.plan["target_spacing_mm"])
-        failed += len(summary.failed)
-        for line in summary.lines():
-            print("   ", line)
+    print(f"[2/2] pipeline flow: preprocess -> pretrain -> fine-tune + evaluate + register ({preset} preset)")
+    code = 0
+    try:
+        summary = pipeline_flow(str(raw), str(store), str(output), preset=preset, inits=inits or ["pgl"],
+                                seeds=seeds or [0], workdir=str(workdir))
+        lines = summary_lines(summary)
+    except PipelineFailed as err:
+        lines, code = [f"FAILED: {err}"], 1
+    for line in lines:
+        print("   ", line)
     print(f"\ndemo finished in {time.perf_counter() - t0:.0f} s; everything is under {workdir}")
-    print(f"  store:   {store}   (one Zarr group per dataset; manifest.json in each)")
-    return 0 if failed == 0 else 1
+    print(f"  store:     {store}   (one Zarr group per dataset; manifest.json in each)")
+    print(f"  runs:      {output}   (pretrain-pgl/, finetune/DATASET/INIT-seedN/, stage.json markers)")
+    print(f"  results:   {workdir / 'results.json'}   (dataset -> init -> mean/std Dice over seeds)")
+    print(f"  MLflow UI: mlflow ui --backend-store-uri sqlite:///{workdir / 'mlflow' / 'mlflow.db'}")
+    for line in _registered_models(workdir):
+        print(f"  model:     {line}")
+    return code

@@ -46,7 +46,12 @@ def free_port(host: str = "") -> int:
 
 
 def torchrun_command(module: str, args: list[str], nproc: int, node: NodeSpec = NodeSpec()) -> list[str]:
-    """The ``python -m torch.distributed.run`` command line for ``module`` with ``args``."""
+    """The ``python -m torch.distributed.run`` command line for ``module`` with ``args``
+    (plain ``python -m module`` for a single process on a single node)."""
+    if nproc == 1 and node.nnodes == 1 and node.master_addr is None:
+        # one process: no elastic agent or rendezvous to start (saves seconds per launch); the
+        # module sees no torchrun variables and runs as a single process
+        return [sys.executable, "-m", module, *args]
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}"]
     if node.nnodes == 1 and node.master_addr is None:
         cmd += ["--standalone"]

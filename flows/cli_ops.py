@@ -1,0 +1,56 @@
+"""``pgl pipeline`` and ``pgl serve``: the whole pipeline as one flow run, and the deployments."""
+
+from __future__ import annotations
+
+import argparse
+
+from flows.cli import add_config_args
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(t) for t in _csv(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "pipeline", help="Preprocess -> pretrain -> fine-tune + evaluate every labelled dataset (one flow run).",
+        description="Run the pipeline flow: preprocess every dataset folder under --input, pretrain on all of "
+        "them, fine-tune, evaluate and register each labelled dataset for every init and seed. Stages whose "
+        "config and inputs are unchanged are skipped (and say so). Exit 1 when some item failed.")
+    p.add_argument("--input", required=True, help="Folder holding one raw dataset folder per dataset.")
+    p.add_argument("--store", required=True, help="Store root: a folder or s3://bucket/prefix.")
+    p.add_argument("--output", required=True, help="Output root (pretrain-MODE/, finetune/, results.json).")
+    p.add_argument("--datasets", type=_csv, help="Comma-separated dataset folder names (default: all).")
+    p.add_argument("--preset", default="paper", choices=["paper", "tiny"], help="Config preset (default paper).")
+    p.add_argument("--inits", type=_csv, default=["pgl"], help="Comma-separated inits: pgl, global, random.")
+    p.add_argument("--seeds", type=_ints, default=[0], help="Comma-separated fine-tuning seeds (default 0).")
+    p.add_argument("--labelled", type=float, help="Labelled training cases: count >= 1 or fraction < 1.")
+    p.add_argument("--nproc", type=int, default=1, help="Training processes per node (default 1).")
+    p.add_argument("--nnodes", type=int, default=1, help="Nodes per training run (Dask workers; default 1).")
+    p.add_argument("--dask-address", help="Dask scheduler (default: env PGL_DASK_ADDRESS, else local).")
+    p.add_argument("--device", help="cpu, cuda or auto (default).")
+    p.add_argument("--parallel", type=int, help="Fine-tunes at once (default: per GPU, else cores / 2).")
+    p.add_argument("--workdir", help="Folder for the embedded MLflow store, Prefect home and results.json.")
+    p.add_argument("--force", action="store_true", help="Redo every stage even when unchanged.")
+    add_config_args(p)
+    p.set_defaults(handler="flows.ops_commands:cmd_pipeline")
+
+    p = sub.add_parser(
+        "serve", help="Serve every stage and the pipeline as Prefect deployments (UI: run one stage).",
+        description="Serve the deployments preprocess/preprocess, pretrain/pretrain, finetune/finetune, "
+        "evaluate/evaluate and pipeline/pipeline against PREFECT_API_URL. Without it, a local Prefect server "
+        "is started on 127.0.0.1 with its database under --workdir and stopped on exit.")
+    p.add_argument("--schedules", metavar="FILE", help="YAML with cron/interval schedules and default "
+                   "parameters per deployment (see docs/scale-out.md).")
+    p.add_argument("--only", type=_csv, help="Comma-separated deployments to serve (default: all).")
+    p.add_argument("--limit", type=int, help="Flow runs executing at once (default: no limit).")
+    p.add_argument("--workdir", default="pgl-work", help="Folder for the local server's database (default pgl-work).")
+    p.add_argument("--port", type=int, default=4200, help="Port of the local server (default 4200).")
+    p.set_defaults(handler="flows.ops_commands:cmd_serve")

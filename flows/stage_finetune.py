@@ -1,0 +1,229 @@
+"""The ``finetune`` and ``evaluate`` flows: one dataset's segmenter, its test-set evaluation, and its
+registration as ``pgl-seg-<dataset>`` with the evaluation's mean Dice (so ``champion`` moves only
+when a new version beats it).
+
+``finetune`` starts from an init reference: ``random``, a pretraining output folder / URI, or a
+registered encoder (``models:/pgl-encoder@champion``, the default, resolved at run time: rerunning
+only this stage picks up the latest champion). Training runs under torchrun in a subprocess (or on
+Dask workers for ``nnodes`` > 1); ``<output>/metrics.jsonl`` is forwarded to MLflow while it runs.
+``evaluate`` runs in this process: tables and overlay PNGs become artifacts of its MLflow run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from flows.stage_common import (TRACKING_LOCK, LaunchSpec, config_sections, contract_hash, follow_metrics,
+                                join, launch_task, local_files, manifest_hashes, register_parent,
+                                resolve_config, stage_key, stage_run, unchanged, write_marker)
+from pgl_core.config import PGLConfig, config_to_dict
+from storage.errors import TransientIOError
+from storage.store import DatasetStore
+
+FINETUNE_MODULE = "pgl_core.finetune"
+FINETUNE_SECTIONS = ("intensity", "model", "finetune")
+DEFAULT_INIT = "models:/pgl-encoder@champion"
+
+
+def resolve_init(init: str, workdir: str | None) -> tuple[str, str]:
+    """``(init argument for the training module, init hash)``; registered models are downloaded."""
+    if init == "random":
+        return "random", "random"
+    if init.startswith(("models:/", "runs:/")):
+        from flows.registry import resolve_model
+        from flows.tracking import tracking_uri
+
+        cache = str(Path(workdir) / "model-cache") if workdir else None
+        with TRACKING_LOCK:
+            local = resolve_model(init, cache_dir=cache, tracking_uri=tracking_uri(workdir))
+        return local, contract_hash(local)
+    return init, contract_hash(init)
+
+
+def _mean_dice(summary: dict[str, Any]) -> float | None:
+    try:
+        return float(summary["overall"]["dice"]["mean"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _retry_io(task_, task_run, state) -> bool:
+    try:
+        state.result()
+    except (TransientIOError, ConnectionError, TimeoutError):
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+    return False
+
+
+@task(name="evaluate-model", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_retry_io,
+      cache_policy=NO_CACHE)
+def evaluate_task(model_dir: str, store: str, dataset: str, output: str, split: str, overlays: int,
+                  device: str | None) -> dict[str, Any]:
+    """Sliding-window evaluation of one model on one split (in this process)."""
+    from pgl_core.evaluate import evaluate_model
+
+    return evaluate_model(model_dir, store, dataset, output, split=split, overlays=overlays, device=device)
+
+
+def run_evaluate(model: str, store: str, dataset: str, output: str, split: str = "test", overlays: int = 3,
+                 device: str | None = None, force: bool = False, workdir: str | None = None,
+                 parent_run_id: str | None = None) -> dict[str, Any]:
+    """Body of the evaluate flow; ``output`` is a local folder (tables, overlays, stage.json)."""
+    logger = get_run_logger()
+    model_dir, model_hash = resolve_init(model, workdir)
+    hashes = manifest_hashes(store, [dataset])
+    key = stage_key("evaluate", {}, hashes, model_hash, {"split": split, "overlays": overlays})
+    previous = None if force else unchanged(output, key, [])
+    if previous is not None:
+        logger.info("evaluate %s -> %s: skipped (unchanged model and dataset)", dataset, output)
+        return {**previous, "status": "skipped"}
+    with stage_run("evaluate", workdir, parent_run_id, output, {"pgl.dataset": dataset}) as sink:
+        summary = evaluate_task(model_dir, store, dataset, output, split, overlays, device)
+        with TRACKING_LOCK:
+            sink.log_params({"model": model, "dataset": dataset, "split": split})
+            dice = _mean_dice(summary)
+            if dice is not None:
+                sink.log_metrics(0, {"mean_dice": dice})
+            sink.log_dict(summary, "summary.json", "eval")
+            tables = local_files(output, (".csv", ".json"))
+            if tables:
+                sink.log_artifacts([t for t in tables if not t.endswith("stage.json")], "eval")
+            pngs = local_files(output, (".png",))
+            if pngs:
+                sink.log_artifacts(pngs, "overlays")
+    result = {"stage": "evaluate", "status": "done", "dataset": dataset, "model": model, "output": output,
+              "key": key, "mean_dice": _mean_dice(summary), "split": split, "run_id": sink.run_id,
+              "overall": summary.get("overall")}
+    write_marker(output, key, result)
+    logger.info("evaluate %s: mean Dice %s", dataset, result["mean_dice"])
+    return result
+
+
+@flow(name="evaluate", log_prints=True)
+def evaluate_flow(model: str, store: str, dataset: str, output: str,
+                  split: Literal["test", "val", "train", "all"] = "test", overlays: int = 3,
+                  device: str | None = None, force: bool = False, workdir: str | None = None,
+                  parent_run_id: str | None = None) -> dict[str, Any]:
+    """Evaluate a segmenter (Dice, HD95, NSD per case and class) on a split of a dataset.
+
+    Args:
+        model: Model directory, or a registered model such as models:/pgl-seg-NAME@champion.
+        store: Store root: a folder or s3://bucket/prefix.
+        dataset: Labelled dataset name in the store.
+        output: Local folder for the tables (metrics.csv, metrics.json) and overlay PNGs.
+        split: Which cases: the model's test, val or train split, or all labelled cases.
+        overlays: Overlay PNGs written for the first cases.
+        device: cpu, cuda or empty for automatic.
+        force: Evaluate even when model and dataset are unchanged since the last evaluation.
+        workdir: Folder of the embedded MLflow store (ignored when MLFLOW_TRACKING_URI is set).
+        parent_run_id: MLflow run to nest this stage's run under (set by the pipeline).
+    """
+    return run_evaluate(model, store, dataset, output, split, overlays, device, force, workdir, parent_run_id)
+
+
+def _register(model_dir: str, dataset: str, run_id: str | None, dice: float | None,
+              tracking: str | None) -> dict[str, Any] | None:
+    from flows.registry import register_segmenter
+
+    try:
+        with TRACKING_LOCK:
+            metrics = {"mean_dice": dice} if dice is not None else {}
+            return register_segmenter(model_dir, dataset, run_id, metrics, tracking_uri=tracking).to_dict()
+    except Exception as err:  # noqa: BLE001 - registration never fails a finished training
+        get_run_logger().warning("finetune %s: registering %s failed (%s: %s)", dataset, model_dir,
+                                 type(err).__name__, err)
+        return None
+
+
+def finetune_key(cfg: PGLConfig, dataset_hash: dict[str, str], init_hash: str, labelled: float | None,
+                 evaluate: bool, split: str) -> str:
+    """The finetune stage key: its config sections, the dataset manifest and the init contract."""
+    return stage_key("finetune", config_sections(cfg, FINETUNE_SECTIONS), dataset_hash, init_hash,
+                     {"labelled": labelled, "evaluate": evaluate, "split": split})
+
+
+def run_finetune(store: str, dataset: str, output: str, cfg: PGLConfig, init: str = DEFAULT_INIT,
+                 labelled: float | None = None, spec: LaunchSpec = LaunchSpec(), device: str | None = None,
+                 evaluate: bool = True, split: str = "test", register: bool = True, force: bool = False,
+                 workdir: str | None = None, parent_run_id: str | None = None) -> dict[str, Any]:
+    """Body of the finetune flow: train, evaluate, register; returns the stage result."""
+    logger = get_run_logger()
+    init_arg, init_hash = resolve_init(init, workdir)
+    hashes = manifest_hashes(store, [dataset])
+    key = finetune_key(cfg, hashes, init_hash, labelled, evaluate, split)
+    previous = None if force else unchanged(output, key, ["model/contract.json"])
+    if previous is not None:
+        logger.info("finetune %s (init %s) -> %s: skipped (unchanged config, dataset and init)", dataset, init, output)
+        return {**previous, "status": "skipped"}
+    tags = {"pgl.dataset": dataset, "pgl.init": init, "pgl.seed": cfg.finetune.seed}
+    with stage_run("finetune", workdir, parent_run_id, output, tags) as sink:
+        register_parent(sink)
+        with TRACKING_LOCK:
+            sink.log_config(config_to_dict(cfg))
+            sink.log_manifests({dataset: DatasetStore(store, dataset).manifest()})
+            sink.log_params({"init": init, "init_contract_hash": init_hash})
+        flags = {"store": store, "dataset": dataset, "init": init_arg, "output": output, "device": device,
+                 "labelled": None if labelled is None else repr(float(labelled))}
+        with follow_metrics(sink, output):
+            nodes = launch_task(FINETUNE_MODULE, flags, cfg, spec)
+        model_dir = join(output, "model")
+        evaluation = None
+        if evaluate:
+            evaluation = run_evaluate(model_dir, store, dataset, join(output, f"eval-{split}"), split,
+                                      device=device, force=True, workdir=workdir, parent_run_id=sink.run_id)
+        dice = evaluation["mean_dice"] if evaluation else None
+        registration = _register(model_dir, dataset, sink.run_id, dice, sink.tracking_uri) if register else None
+    result = {"stage": "finetune", "status": "done", "dataset": dataset, "init": init, "seed": cfg.finetune.seed,
+              "output": output, "model_dir": model_dir, "key": key, "nodes": nodes, "run_id": sink.run_id,
+              "mean_dice": dice, "evaluation": evaluation, "registration": registration}
+    write_marker(output, key, result)
+    logger.info("finetune %s (init %s, seed %d): done, test mean Dice %s", dataset, init, cfg.finetune.seed, dice)
+    return result
+
+
+@flow(name="finetune", log_prints=True)
+def finetune_flow(store: str, dataset: str, output: str, init: str = DEFAULT_INIT,
+                  preset: Literal["paper", "tiny"] = "paper", config: str | None = None,
+                  overrides: list[str] | None = None, labelled: float | None = None, seed: int | None = None,
+                  steps: int | None = None, nproc: int = 1, nnodes: int = 1, dask_address: str | None = None,
+                  device: str | None = None, evaluate: bool = True, register_model: bool = True,
+                  force: bool = False, workdir: str | None = None,
+                  parent_run_id: str | None = None) -> dict[str, Any]:
+    """Fine-tune a segmenter on one dataset, evaluate it on its test split and register it.
+
+    Args:
+        store: Store root: a folder or s3://bucket/prefix.
+        dataset: Labelled dataset name in the store.
+        output: Run output folder or URI (checkpoints, split.json, model/, stage.json).
+        init: random, a pretraining output folder, or a registered encoder (models:/pgl-encoder@champion).
+        preset: Config preset: paper (the defaults) or tiny (tests, demo).
+        config: YAML config file applied on top of the preset (see deploy/configs/).
+        overrides: Config overrides `section.key=value`, e.g. ["finetune.steps=200"] (like --set).
+        labelled: Labelled training cases: a count (>= 1) or a fraction (< 1); empty = the config's.
+        seed: Seed of split, weights and sampling (sets finetune.seed).
+        steps: Optimisation steps (sets finetune.steps).
+        nproc: Training processes per node (one per GPU).
+        nnodes: Nodes; more than 1 launches one torchrun per Dask worker (needs a Dask cluster).
+        dask_address: Dask scheduler for nnodes > 1 (default: env PGL_DASK_ADDRESS).
+        device: cpu, cuda or empty for automatic.
+        evaluate: Evaluate on the test split after training (its mean Dice decides the champion).
+        register_model: Register the segmenter as pgl-seg-DATASET in the MLflow model registry.
+        force: Train even when config, dataset and init are unchanged since the last finished run.
+        workdir: Folder of the embedded MLflow store and model cache.
+        parent_run_id: MLflow run to nest this stage's run under (set by the pipeline).
+    """
+    extra = list(overrides or [])
+    if seed is not None:
+        extra.append(f"finetune.seed={seed}")
+    if steps:
+        extra.append(f"finetune.steps={steps}")
+    cfg = resolve_config(preset, config, extra)
+    spec = LaunchSpec(nproc=nproc, nnodes=nnodes, dask_address=dask_address)
+    return run_finetune(store, dataset, output, cfg, init, labelled, spec, device, evaluate,
+                        register=register_model, force=force, workdir=workdir, parent_run_id=parent_run_id)
