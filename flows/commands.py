@@ -64,4 +64,6 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from flows.demo import run_demo
 
-    return run_demo(Path(args.workdir), cases=args.cases)
+    inits = _split(args.inits) if args.inits else None
+    seeds = [int(x) for x in _split(args.seeds)] if args.seeds else None
+    return run_demo(Path(args.workdir), cases=args.cases, inits=inits, seeds=seeds)

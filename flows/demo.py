@@ -18,15 +18,11 @@ DEMO_SHAPE = (48, 96, 96)
 
 
 def _registered_models(workdir: Path) -> list[str]:
-    import mlflow
+    from flows.registry import registered_models
 
     uri = f"sqlite:///{workdir / 'mlflow' / 'mlflow.db'}"
-    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
-    lines = []
-    for model in sorted(client.search_registered_models(), key=lambda m: m.name):
-        aliases = ", ".join(f"{alias}=v{version}" for alias, version in sorted(model.aliases.items()))
-        lines.append(f"models:/{model.name}@champion   ({aliases})")
-    return lines
+    return [f"models:/{name}@champion   ({', '.join(f'{a}=v{v}' for a, v in aliases.items())})"
+            for name, aliases in registered_models(uri)]
 
 
 def run_demo(workdir: Path, cases: int = 3, inits: list[str] | None = None, seeds: list[int] | None = None,

@@ -209,7 +209,11 @@ def _finetune_grid(store: str, datasets: list[str], inits: list[str], seeds: lis
             init = "random" if init_name == "random" else encoders[init_name]["encoder_uri"]
             for seed in seeds:
                 out = join(output, "finetune", dataset, f"{init_name}-seed{seed}")
-                fut = finetune_job.submit(store, dataset, init_name, init, int(seed), out, ft_common, slots)
+                # the registry holds the candidate models users deploy: the PGL fine-tunes (or the first
+                # init when PGL is not in the grid); baselines are measured, not registered
+                register = init_name == ("pgl" if "pgl" in inits else inits[0])
+                fut = finetune_job.submit(store, dataset, init_name, init, int(seed), out,
+                                          {**ft_common, "register_model": register}, slots)
                 jobs[fut] = (dataset, init_name, int(seed))
     wait(list(jobs))
     items = []

@@ -237,6 +237,13 @@ def register_encoder(output_uri: str, run_id: str | None, metrics: dict[str, flo
         return _register(ENCODER_MODEL, local, run_id, metrics or {}, metric_key, client, extra)
 
 
+def registered_models(tracking_uri: str | None = None) -> list[tuple[str, dict[str, str]]]:
+    """(name, {alias: version}) of every registered model, sorted by name."""
+    client, _ = _client(tracking_uri)
+    return [(m.name, {a: str(v) for a, v in sorted(m.aliases.items())})
+            for m in sorted(client.search_registered_models(), key=lambda m: m.name)]
+
+
 def default_cache_dir() -> Path:
     """``$PGL_MODEL_CACHE``, else ``$XDG_CACHE_HOME/pgl/models`` (``~/.cache/pgl/models``)."""
     if os.environ.get("PGL_MODEL_CACHE"):
