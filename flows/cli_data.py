@@ -39,7 +39,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                        description="Generate phantoms, preprocess them, and run the pipeline on them, keeping "
                        "everything under --workdir.")
     p.add_argument("--workdir", default="demo-work", help="Folder for everything the demo makes.")
-    p.add_argument("--cases", type=int, default=3, help="Cases per phantom dataset (default 3).")
+    p.add_argument("--cases", type=int, default=None, help="Cases per labelled phantom dataset (default 10).")
     p.add_argument("--inits", default=None,
                    help="Comma-separated initialisations to compare: pgl, global, random (default: all three).")
     p.add_argument("--seeds", default=None, help="Comma-separated fine-tuning seeds (default: 0,1,2).")

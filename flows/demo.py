@@ -13,8 +13,14 @@ from pathlib import Path
 
 from flows.commands import make_phantoms
 
-DEMO_KINDS = ["pool", "btcv", "lits", "kits", "spleen"]  # pool first: its median spacing is shared
-DEMO_SHAPE = (48, 96, 96)
+DEMO_KINDS = ["pool", "btcv", "lits", "kits", "spleen"]  # pool first
+# The demo-sized study (docs/study.md): small phantoms, one plan for every dataset, the study config.
+DEMO_SHAPE = (24, 48, 48)
+DEMO_CASES = {"pool": 16, "labelled": 10}
+DEMO_SPACING_MM = (8.0, 8.0, 10.0)
+DEMO_CONFIG = Path(__file__).resolve().parents[1] / "deploy" / "configs" / "study-small.yaml"
+DEMO_INITS = ["pgl", "global", "random"]
+DEMO_SEEDS = [0, 1, 2]
 
 
 def _registered_models(workdir: Path) -> list[str]:
@@ -25,21 +31,26 @@ def _registered_models(workdir: Path) -> list[str]:
             for name, aliases in registered_models(uri)]
 
 
-def run_demo(workdir: Path, cases: int = 3, inits: list[str] | None = None, seeds: list[int] | None = None,
-             preset: str = "tiny") -> int:
+def run_demo(workdir: Path, cases: int | None = None, inits: list[str] | None = None,
+             seeds: list[int] | None = None, preset: str = "tiny") -> int:
     """Generate phantoms and run the pipeline flow on them; print where to look. Returns an exit code."""
     from flows.pipeline import PipelineFailed, pipeline_flow, summary_lines
 
     t0 = time.perf_counter()
     workdir = workdir.resolve()
     raw, store, output = workdir / "raw", workdir / "store", workdir / "runs"
-    print(f"[1/2] phantoms: {len(DEMO_KINDS)} datasets x {cases} cases -> {raw}")
-    make_phantoms(str(raw), DEMO_KINDS, cases, DEMO_SHAPE, seed=0, formats=("nifti",))
+    n_labelled = cases or DEMO_CASES["labelled"]
+    print(f"[1/2] phantoms: pool x {DEMO_CASES['pool']} + 4 labelled datasets x {n_labelled} -> {raw}")
+    make_phantoms(str(raw), ["pool"], DEMO_CASES["pool"], DEMO_SHAPE, seed=0, formats=("nifti",))
+    make_phantoms(str(raw), DEMO_KINDS[1:], n_labelled, DEMO_SHAPE, seed=1, formats=("nifti",))
+    inits, seeds = inits or DEMO_INITS, seeds or DEMO_SEEDS
     print(f"[2/2] pipeline flow: preprocess -> pretrain -> fine-tune + evaluate + register ({preset} preset)")
     code = 0
     try:
-        summary = pipeline_flow(str(raw), str(store), str(output), preset=preset, inits=inits or ["pgl"],
-                                seeds=seeds or [0], workdir=str(workdir))
+        spacing = ",".join(str(v) for v in DEMO_SPACING_MM)
+        summary = pipeline_flow(str(raw), str(store), str(output), preset=preset, config=str(DEMO_CONFIG),
+                                overrides=[f"preprocess.target_spacing_mm=[{spacing}]"], inits=inits,
+                                seeds=seeds, workdir=str(workdir), parallel=2)
         lines = summary_lines(summary)
     except PipelineFailed as err:
         lines, code = [f"FAILED: {err}"], 1

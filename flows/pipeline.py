@@ -200,6 +200,9 @@ def _finetune_grid(store: str, datasets: list[str], inits: list[str], seeds: lis
     slots = parallel or default_parallel(nproc)
     ft_common = {k: v for k, v in common.items() if k not in ("steps", "mode")}
     ft_common.update(labelled=labelled)
+    if ft_common.get("threads") is None and slots > 1:
+        # parallel fine-tunes share the cores: never oversubscribe (a 2-core machine slows 50x)
+        ft_common["threads"] = max(1, (os.cpu_count() or 1) // (slots * max(nproc, 1)))
     jobs = {}
     for dataset in datasets:
         for init_name in inits:

@@ -192,6 +192,7 @@ def finetune_flow(store: str, dataset: str, output: str, init: str = DEFAULT_INI
                   preset: Literal["paper", "tiny"] = "paper", config: str | None = None,
                   overrides: list[str] | None = None, labelled: float | None = None, seed: int | None = None,
                   steps: int | None = None, nproc: int = 1, nnodes: int = 1, dask_address: str | None = None,
+                  threads: int | None = None,
                   device: str | None = None, evaluate: bool = True, register_model: bool = True,
                   force: bool = False, workdir: str | None = None,
                   parent_run_id: str | None = None) -> dict[str, Any]:
@@ -211,6 +212,7 @@ def finetune_flow(store: str, dataset: str, output: str, init: str = DEFAULT_INI
         nproc: Training processes per node (one per GPU).
         nnodes: Nodes; more than 1 launches one torchrun per Dask worker (needs a Dask cluster).
         dask_address: Dask scheduler for nnodes > 1 (default: env PGL_DASK_ADDRESS).
+        threads: CPU threads per training process (OMP_NUM_THREADS); empty = cores / processes.
         device: cpu, cuda or empty for automatic.
         evaluate: Evaluate on the test split after training (its mean Dice decides the champion).
         register_model: Register the segmenter as pgl-seg-DATASET in the MLflow model registry.
@@ -224,6 +226,6 @@ def finetune_flow(store: str, dataset: str, output: str, init: str = DEFAULT_INI
     if steps:
         extra.append(f"finetune.steps={steps}")
     cfg = resolve_config(preset, config, extra)
-    spec = LaunchSpec(nproc=nproc, nnodes=nnodes, dask_address=dask_address)
+    spec = LaunchSpec(nproc=nproc, nnodes=nnodes, dask_address=dask_address, threads=threads)
     return run_finetune(store, dataset, output, cfg, init, labelled, spec, device, evaluate,
                         register=register_model, force=force, workdir=workdir, parent_run_id=parent_run_id)

@@ -75,7 +75,8 @@ def run_pretrain(store: str, datasets: list[str], output: str, cfg: PGLConfig, s
 def pretrain_flow(store: str, datasets: list[str], output: str, preset: Literal["paper", "tiny"] = "paper",
                   config: str | None = None, overrides: list[str] | None = None,
                   steps: int | None = None, mode: Literal["pgl", "global", "local"] | None = None,
-                  nproc: int = 1, nnodes: int = 1, dask_address: str | None = None, device: str | None = None,
+                  nproc: int = 1, nnodes: int = 1, dask_address: str | None = None,
+                  threads: int | None = None, device: str | None = None,
                   register_model: bool = True, force: bool = False, workdir: str | None = None,
                   parent_run_id: str | None = None) -> dict[str, Any]:
     """PGL self-supervised pretraining of an encoder; registers it as `pgl-encoder`.
@@ -92,6 +93,7 @@ def pretrain_flow(store: str, datasets: list[str], output: str, preset: Literal[
         nproc: Training processes per node (one per GPU).
         nnodes: Nodes; more than 1 launches one torchrun per Dask worker (needs a Dask cluster).
         dask_address: Dask scheduler for nnodes > 1 (default: env PGL_DASK_ADDRESS).
+        threads: CPU threads per training process (OMP_NUM_THREADS); empty = cores / processes.
         device: cpu, cuda or empty for automatic.
         register_model: Register the encoder in the MLflow model registry.
         force: Train even when config and inputs are unchanged since the last finished run.
@@ -104,7 +106,7 @@ def pretrain_flow(store: str, datasets: list[str], output: str, preset: Literal[
     if mode:
         extra.append(f"loss.mode={mode}")
     cfg = resolve_config(preset, config, extra)
-    spec = LaunchSpec(nproc=nproc, nnodes=nnodes, dask_address=dask_address)
+    spec = LaunchSpec(nproc=nproc, nnodes=nnodes, dask_address=dask_address, threads=threads)
     return run_pretrain(store, list(datasets), output, cfg, spec, device=device, register=register_model, force=force,
                         workdir=workdir, parent_run_id=parent_run_id)
 

@@ -162,7 +162,11 @@ class FinetuneConfig(_Section):
     val_fraction: float = Field(0.2, ge=0, lt=1, description="Fraction of labelled cases for validation.")
     test_fraction: float = Field(0.2, ge=0, lt=1, description="Fraction of labelled cases held out for test.")
     foreground_p: float = Field(0.67, ge=0, le=1, description="Probability a patch is centred on foreground.")
-    seed: int = Field(0, description="Seed for split, weights and sampling.")
+    seed: int = Field(0, description="Seed for weights and sampling (and the split unless split_seed is set).")
+    split_seed: int | None = Field(
+        None, description="Seed of the train/val/test split and label budget; None = `seed`. Fix it to "
+        "compare initialisations over seeds on the same cases."
+    )
     eval_every: int = Field(100, ge=1, description="Steps between validation passes.")
     sw_overlap: float = Field(0.5, ge=0, lt=1, description="Sliding-window overlap at evaluation.")
     nsd_tolerance_mm: float = Field(2.0, gt=0, description="Normalised surface Dice tolerance in mm.")

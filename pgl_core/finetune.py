@@ -56,7 +56,8 @@ log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PREEMPTED = 0, 1, 2, 75
 _RESUME_SECTIONS = ("model", "intensity")
-_RESUME_FT_FIELDS = ("seed", "patch_vox", "batch_size", "labelled", "val_fraction", "test_fraction", "foreground_p")
+_RESUME_FT_FIELDS = ("seed", "split_seed", "patch_vox", "batch_size", "labelled", "val_fraction", "test_fraction",
+                     "foreground_p")
 
 
 @dataclass
@@ -108,7 +109,8 @@ def prepare_run(cfg: PGLConfig, store: Any, dataset: str, init: str, labelled: f
     if not labelled_ids:
         raise ConfigError(f"dataset {dataset!r} has no labelled cases")
     ft = cfg.finetune
-    split = split_with_budget(labelled_ids, ft.val_fraction, ft.test_fraction, ft.seed,
+    split_seed = ft.seed if ft.split_seed is None else ft.split_seed
+    split = split_with_budget(labelled_ids, ft.val_fraction, ft.test_fraction, split_seed,
                               ft.labelled if labelled is None else float(labelled))
     pre = None
     if init == "random":
