@@ -14,7 +14,7 @@ from tqdm import tqdm
 from pgl_core.config import ConfigError, load_config
 from storage.phantoms import KINDS, write_dataset
 
-__all__ = ["cmd_phantoms", "cmd_preprocess", "cmd_demo", "make_phantoms"]
+__all__ = ["cmd_phantoms", "cmd_preprocess", "cmd_demo", "cmd_study", "make_phantoms"]
 
 EXIT_OK, EXIT_PARTIAL = 0, 1
 
@@ -64,6 +64,16 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from flows.demo import run_demo
 
-    inits = _split(args.inits) if args.inits else None
-    seeds = [int(x) for x in _split(args.seeds)] if args.seeds else None
-    return run_demo(Path(args.workdir), cases=args.cases, inits=inits, seeds=seeds)
+    return run_demo(Path(args.workdir))
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    from flows.demo import DEMO_CONFIG, StudySpec, run_demo
+
+    config = args.config or str(DEMO_CONFIG)
+    load_config(config, args.overrides, preset=args.preset)  # a typo is a usage error before any work
+    spec = StudySpec(shape_zyx=args.shape, pool_cases=args.pool, labelled_cases=args.cases,
+                     spacing_mm=args.spacing, preset=args.preset, config=config, overrides=args.overrides,
+                     inits=_split(args.inits), seeds=[int(x) for x in _split(args.seeds)],
+                     labelled=args.labelled, parallel=args.parallel)
+    return run_demo(Path(args.workdir), spec)

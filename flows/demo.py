@@ -9,18 +9,32 @@ A rerun skips every unchanged stage.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from flows.commands import make_phantoms
 
 DEMO_KINDS = ["pool", "btcv", "lits", "kits", "spleen"]  # pool first
-# The demo-sized study (docs/study.md): small phantoms, one plan for every dataset, the study config.
-DEMO_SHAPE = (24, 48, 48)
-DEMO_CASES = {"pool": 16, "labelled": 10}
-DEMO_SPACING_MM = (8.0, 8.0, 10.0)
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "deploy" / "configs" / "study-small.yaml"
-DEMO_INITS = ["pgl", "global", "random"]
-DEMO_SEEDS = [0, 1, 2]
+
+
+@dataclass
+class StudySpec:
+    """The PGL-versus-baselines protocol on phantoms (docs/study.md). Defaults: the demo's small form,
+    with one plan (spacing) for every dataset and the study config on the tiny preset."""
+
+    shape_zyx: tuple[int, int, int] = (24, 48, 48)
+    pool_cases: int = 16
+    labelled_cases: int = 10
+    spacing_mm: tuple[float, float, float] = (8.0, 8.0, 10.0)
+    preset: str = "tiny"
+    config: str | None = str(DEMO_CONFIG)
+    overrides: list[str] = field(default_factory=list)
+    inits: list[str] = field(default_factory=lambda: ["pgl", "global", "random"])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    labelled: float | None = None
+    parallel: int | None = 2
+    data_seed: int = 0
 
 
 def _registered_models(workdir: Path) -> list[str]:
@@ -31,32 +45,36 @@ def _registered_models(workdir: Path) -> list[str]:
             for name, aliases in registered_models(uri)]
 
 
-def run_demo(workdir: Path, cases: int | None = None, inits: list[str] | None = None,
-             seeds: list[int] | None = None, preset: str = "tiny") -> int:
-    """Generate phantoms and run the pipeline flow on them; print where to look. Returns an exit code."""
+def run_demo(workdir: Path, spec: StudySpec | None = None) -> int:
+    """Generate phantoms and run the pipeline flow on them (the study grid); print where to look.
+
+    Returns an exit code (0, or 1 when some item failed)."""
     from flows.pipeline import PipelineFailed, pipeline_flow, summary_lines
 
     t0 = time.perf_counter()
     workdir = workdir.resolve()
     raw, store, output = workdir / "raw", workdir / "store", workdir / "runs"
-    n_labelled = cases or DEMO_CASES["labelled"]
-    print(f"[1/2] phantoms: pool x {DEMO_CASES['pool']} + 4 labelled datasets x {n_labelled} -> {raw}")
-    make_phantoms(str(raw), ["pool"], DEMO_CASES["pool"], DEMO_SHAPE, seed=0, formats=("nifti",))
-    make_phantoms(str(raw), DEMO_KINDS[1:], n_labelled, DEMO_SHAPE, seed=1, formats=("nifti",))
-    inits, seeds = inits or DEMO_INITS, seeds or DEMO_SEEDS
-    print(f"[2/2] pipeline flow: preprocess -> pretrain -> fine-tune + evaluate + register ({preset} preset)")
+    spec = spec or StudySpec()
+    print(f"[1/2] phantoms {spec.shape_zyx}: pool x {spec.pool_cases} + 4 labelled datasets x "
+          f"{spec.labelled_cases} -> {raw}")
+    make_phantoms(str(raw), ["pool"], spec.pool_cases, spec.shape_zyx, seed=spec.data_seed, formats=("nifti",))
+    make_phantoms(str(raw), DEMO_KINDS[1:], spec.labelled_cases, spec.shape_zyx, seed=spec.data_seed + 1,
+                  formats=("nifti",))
+    print(f"[2/2] pipeline flow: preprocess -> pretrain ({', '.join(m for m in spec.inits if m != 'random')}) "
+          f"-> fine-tune {'/'.join(spec.inits)} x seeds {spec.seeds} + evaluate + register ({spec.preset} preset)")
     code = 0
     try:
-        spacing = ",".join(str(v) for v in DEMO_SPACING_MM)
-        summary = pipeline_flow(str(raw), str(store), str(output), preset=preset, config=str(DEMO_CONFIG),
-                                overrides=[f"preprocess.target_spacing_mm=[{spacing}]"], inits=inits,
-                                seeds=seeds, workdir=str(workdir), parallel=2)
+        spacing = ",".join(str(v) for v in spec.spacing_mm)
+        summary = pipeline_flow(str(raw), str(store), str(output), preset=spec.preset, config=spec.config,
+                                overrides=[f"preprocess.target_spacing_mm=[{spacing}]", *spec.overrides],
+                                inits=spec.inits, seeds=spec.seeds, labelled=spec.labelled,
+                                workdir=str(workdir), parallel=spec.parallel)
         lines = summary_lines(summary)
     except PipelineFailed as err:
         lines, code = [f"FAILED: {err}"], 1
     for line in lines:
         print("   ", line)
-    print(f"\ndemo finished in {time.perf_counter() - t0:.0f} s; everything is under {workdir}")
+    print(f"\nfinished in {time.perf_counter() - t0:.0f} s; everything is under {workdir}")
     print(f"  store:     {store}   (one Zarr group per dataset; manifest.json in each)")
     print(f"  runs:      {output}   (pretrain-pgl/, finetune/DATASET/INIT-seedN/, stage.json markers)")
     print(f"  results:   {workdir / 'results.json'}   (dataset -> init -> mean/std Dice over seeds)")
