@@ -28,6 +28,8 @@ def configure(workdir: str | Path | None = None) -> None:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_RESULTS_PERSIST_BY_DEFAULT", "false")
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "error")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     if workdir is not None and "PREFECT_API_URL" not in os.environ:
         home = Path(workdir).resolve() / "prefect"
         home.mkdir(parents=True, exist_ok=True)
