@@ -15,9 +15,9 @@ from prefect import flow, get_run_logger, task
 from prefect.futures import as_completed
 from tqdm import tqdm
 
+from flows.retries import retry_transient
 from flows.cluster import dask_task_runner
 from pgl_core.config import PreprocessConfig
-from storage.errors import TransientIOError
 from storage.ingest import CaseResult, ingest_case
 from storage.plan import DEFAULT_OBJECT_STORE_SHARD_VOX, Plan
 from storage.probe import probe_spacing
@@ -60,17 +60,7 @@ class PreprocessSummary:
         return out
 
 
-def _retry_transient(task_, task_run, state) -> bool:
-    try:
-        state.result()
-    except (TransientIOError, ConnectionError, TimeoutError):
-        return True
-    except Exception:  # noqa: BLE001
-        return False
-    return False
-
-
-@task(name="ingest-case", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_retry_transient,
+@task(name="ingest-case", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_transient,
       task_run_name="ingest-{source.case_id}")
 def ingest_case_task(source: CaseSource, store: str, dataset: str, plan: Plan,
                      storage_options: dict | None, force: bool) -> dict:

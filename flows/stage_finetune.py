@@ -17,11 +17,11 @@ from typing import Any, Literal
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from flows.retries import retry_transient
 from flows.stage_common import (TRACKING_LOCK, LaunchSpec, config_sections, contract_hash, follow_metrics,
                                 join, launch_task, local_files, manifest_hashes, register_parent,
                                 resolve_config, stage_key, stage_run, unchanged, write_marker)
 from pgl_core.config import PGLConfig, config_to_dict
-from storage.errors import TransientIOError
 from storage.store import DatasetStore
 
 FINETUNE_MODULE = "pgl_core.finetune"
@@ -51,17 +51,7 @@ def _mean_dice(summary: dict[str, Any]) -> float | None:
         return None
 
 
-def _retry_io(task_, task_run, state) -> bool:
-    try:
-        state.result()
-    except (TransientIOError, ConnectionError, TimeoutError):
-        return True
-    except Exception:  # noqa: BLE001
-        return False
-    return False
-
-
-@task(name="evaluate-model", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_retry_io,
+@task(name="evaluate-model", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_transient,
       cache_policy=NO_CACHE)
 def evaluate_task(model_dir: str, store: str, dataset: str, output: str, split: str, overlays: int,
                   device: str | None) -> dict[str, Any]:
