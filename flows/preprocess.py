@@ -15,8 +15,8 @@ from prefect import flow, get_run_logger, task
 from prefect.futures import as_completed
 from tqdm import tqdm
 
-from flows.retries import retry_transient
 from flows.cluster import dask_task_runner
+from flows.retries import retry_transient
 from pgl_core.config import PreprocessConfig
 from storage.ingest import CaseResult, ingest_case
 from storage.plan import DEFAULT_OBJECT_STORE_SHARD_VOX, Plan
