@@ -55,6 +55,7 @@ def _worker(rank: int, port: int, out_dir: str, mode: str) -> None:
             model(view_a[half], view_b[half], _slice(params, half))["loss"].backward()
             grads = {n: p.grad.clone() for n, p in raw.named_parameters() if p.grad is not None}
             torch.save(grads, os.path.join(out_dir, f"grads_{rank}.pt"))
+            dist_utils.barrier()  # both ranks done before either tears gloo down (else a rare abort)
         else:
             models = []
             comps = standin_components()
