@@ -7,6 +7,7 @@ Nothing here changes results; it only decides where state lives and that nothing
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 TELEMETRY_OFF = {
@@ -30,6 +31,8 @@ def configure(workdir: str | Path | None = None) -> None:
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "error")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    # models are logged without an input example on purpose (MLflow would run a prediction on it)
+    warnings.filterwarnings("ignore", message=r".*input example was not provided")
     if workdir is not None and "PREFECT_API_URL" not in os.environ:
         home = Path(workdir).resolve() / "prefect"
         home.mkdir(parents=True, exist_ok=True)
