@@ -5,16 +5,11 @@ from __future__ import annotations
 import fsspec
 import numpy as np
 import pydicom
-import SimpleITK as sitk
 
 from storage.errors import UnreadableInput
 from storage.readers import CaseSource
-
-
-def _local_or_none(uri: str) -> str | None:
-    if "://" not in uri or uri.startswith("file://"):
-        return uri.removeprefix("file://")
-    return None
+from storage.readers.image_file import image_geometry
+from storage.uri import is_local, local_path
 
 
 def canonical_spacing(spacing_xyz, direction: np.ndarray) -> tuple[float, float, float]:
@@ -29,22 +24,11 @@ def canonical_spacing(spacing_xyz, direction: np.ndarray) -> tuple[float, float,
     return tuple(out)  # type: ignore[return-value]
 
 
-def _probe_image_file(uri: str, storage_options: dict | None) -> tuple[float, float, float]:
-    local = _local_or_none(uri)
-    if local is None:
-        # Remote single files are small relative to a series; fall back to the full reader later.
+def _probe_image_file(uri: str) -> tuple[float, float, float]:
+    if not is_local(uri):
         raise UnreadableInput(uri, "remote header probe not supported; give --target-spacing")
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(local)
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError as err:
-        raise UnreadableInput(uri, f"cannot read image header ({str(err).splitlines()[0][:120]})") from None
-    spacing = reader.GetSpacing()
-    if len(spacing) < 3:
-        raise UnreadableInput(uri, f"not a 3D image (dimension {len(spacing)})")
-    direction = np.array(reader.GetDirection(), float).reshape(len(spacing), len(spacing))[:3, :3]
-    return canonical_spacing(spacing[:3], direction)
+    spacing, _, direction = image_geometry(local_path(uri))
+    return canonical_spacing(spacing, np.asarray(direction, dtype=np.float64).reshape(3, 3))
 
 
 def _probe_dicom(uris: tuple[str, ...], storage_options: dict | None) -> tuple[float, float, float]:
@@ -73,4 +57,4 @@ def probe_spacing(source: CaseSource, storage_options: dict | None = None) -> tu
     """Spacing (x, y, z) mm of ``source`` from headers only. Raises UnreadableInput."""
     if source.kind == "dicom":
         return _probe_dicom(source.image_uris, storage_options)
-    return _probe_image_file(source.image_uris[0], storage_options)
+    return _probe_image_file(source.image_uris[0])

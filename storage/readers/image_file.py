@@ -37,16 +37,8 @@ def file_stem(name: str) -> str:
     return base[: -len(suffix)] if suffix else Path(base).stem
 
 
-def _nifti_geometry(path: str) -> tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...]]:
-    """(spacing_xyz, origin_lps, direction_rowmajor) from the standard's best affine.
-
-    Also refuses non-finite float data: ITK's NIfTI reader silently turns NaN into 0, so
-    float files are checked on nibabel's view of the stored values.
-    """
-    nii = nib.load(path)
-    if np.issubdtype(nii.get_data_dtype(), np.floating):
-        if not np.isfinite(np.asanyarray(nii.dataobj).sum(dtype=np.float64)):
-            raise RefusedInput(path, "image contains NaN or infinite values")
+def _affine_geometry(nii: "nib.Nifti1Image", path: str) -> tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...]]:
+    """(spacing_xyz, origin_lps, direction_rowmajor) from the standard's best affine (header only)."""
     affine = np.asarray(nii.affine, dtype=np.float64)
     lps = np.diag([-1.0, -1.0, 1.0]) @ affine[:3, :]
     cols = lps[:, :3]
@@ -60,13 +52,49 @@ def _nifti_geometry(path: str) -> tuple[tuple[float, ...], tuple[float, ...], tu
     return tuple(spacing), tuple(lps[:, 3]), tuple(direction.reshape(-1))
 
 
-def _read_sitk(path: str) -> sitk.Image:
+def _nifti_geometry(path: str) -> tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...]]:
+    """Geometry from the standard's best affine (see :func:`_affine_geometry`).
+
+    Also refuses non-finite float data: ITK's NIfTI reader silently turns NaN into 0, so
+    float files are checked on nibabel's view of the stored values.
+    """
+    nii = nib.load(path)
+    if np.issubdtype(nii.get_data_dtype(), np.floating):
+        if not np.isfinite(np.asanyarray(nii.dataobj).sum(dtype=np.float64)):
+            raise RefusedInput(path, "image contains NaN or infinite values")
+    return _affine_geometry(nii, path)
+
+
+def image_geometry(path: str) -> tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...]]:
+    """Header-only (spacing_xyz, origin_lps, direction_rowmajor) of a local volume file, exactly as
+    :func:`read_image_file` will report it (NIfTI from its affine, others from ITK)."""
+    if image_suffix(path) in (".nii", ".nii.gz"):
+        try:
+            return _affine_geometry(nib.load(path), path)
+        except RefusedInput:
+            raise
+        except Exception as exc:  # nibabel raises many types on corrupt headers
+            raise UnreadableInput(path, f"cannot read NIfTI header: {type(exc).__name__}: {exc}") from exc
+    reader = _header_reader(path)
+    dim = reader.GetDimension()
+    if dim < 3:
+        raise RefusedInput(path, f"{dim}D image: one 3D volume per case expected")
+    direction = np.asarray(reader.GetDirection(), dtype=np.float64).reshape(dim, dim)[:3, :3]
+    return tuple(reader.GetSpacing()[:3]), tuple(reader.GetOrigin()[:3]), tuple(direction.reshape(-1))
+
+
+def _header_reader(path: str) -> sitk.ImageFileReader:
     reader = sitk.ImageFileReader()
     reader.SetFileName(path)
     try:
         reader.ReadImageInformation()
     except RuntimeError as exc:
         raise UnreadableInput(path, f"cannot read image header: {str(exc).strip().splitlines()[-1]}") from exc
+    return reader
+
+
+def _read_sitk(path: str) -> sitk.Image:
+    reader = _header_reader(path)
     size = reader.GetSize()
     if reader.GetDimension() != 3:
         raise RefusedInput(path, f"{reader.GetDimension()}D image of size {size}: one 3D volume per case expected")
