@@ -109,7 +109,25 @@ class CropSampler:
         return {"epoch": epoch, "index": index, "batch": batches_done}
 
 
-class CropStream(IterableDataset):
+class BatchStream(IterableDataset):
+    """Infinite stream of batches ``make_batch(j)`` for j = ``start_batch``, ... ; DataLoader worker w of
+    n takes j = start_batch + w, + w + n, ... so the batch sequence is the same with any worker count."""
+
+    start_batch: int = 0
+
+    def make_batch(self, j: int) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def __iter__(self):  # noqa: ANN204 - iterator of dicts
+        info = get_worker_info()
+        n_workers, worker = (1, 0) if info is None else (info.num_workers, info.id)
+        j = self.start_batch + worker
+        while True:
+            yield self.make_batch(j)
+            j += n_workers
+
+
+class CropStream(BatchStream):
     """Yields ``{"image": int16 (B, 1, z, y, x), "batch": int, "case"/"item"/"epoch": int64 (B,)}`` from batch
     ``start_batch`` on, forever. ``B`` is the per-rank batch size."""
 
@@ -145,14 +163,6 @@ class CropStream(IterableDataset):
         image = torch.from_numpy(np.stack(crops)[:, None])
         return {"image": image, "batch": j, "case": torch.tensor(case_idx, dtype=torch.int64),
                 "item": torch.tensor(items, dtype=torch.int64), "epoch": torch.tensor(epochs, dtype=torch.int64)}
-
-    def __iter__(self):  # noqa: ANN204 - iterator of dicts
-        info = get_worker_info()
-        n_workers, worker = (1, 0) if info is None else (info.num_workers, info.id)
-        j = self.start_batch + worker
-        while True:
-            yield self.make_batch(j)
-            j += n_workers
 
 
 def make_loader(stream: CropStream, workers: int, pin_memory: bool, prefetch_factor: int = 4) -> DataLoader:

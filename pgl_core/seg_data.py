@@ -26,10 +26,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import IterableDataset, get_worker_info
 
 from pgl_core.config import PGLConfig
-from pgl_core.data import CropSampler
+from pgl_core.data import BatchStream, CropSampler
 from pgl_core.intensity import augment_intensity
 
 
@@ -71,7 +70,7 @@ class ForegroundIndex:
         return self._coords[case_id]
 
 
-class SegPatchStream(IterableDataset):
+class SegPatchStream(BatchStream):
     """Batches of (image, label) patches of ``patch_vox`` (z, y, x) from ``case_ids`` of ``store``."""
 
     def __init__(self, store: Any, case_ids: list[str], shapes: dict[str, tuple[int, int, int]],
@@ -125,14 +124,6 @@ class SegPatchStream(IterableDataset):
             cases.append(c)
         return {"image": torch.from_numpy(np.stack(images)[:, None]), "label": torch.from_numpy(np.stack(labels)),
                 "batch": j, "case": torch.tensor(cases, dtype=torch.int64)}
-
-    def __iter__(self):  # noqa: ANN204 - iterator of dicts
-        info = get_worker_info()
-        n_workers, worker = (1, 0) if info is None else (info.num_workers, info.id)
-        j = self.start_batch + worker
-        while True:
-            yield self.make_batch(j)
-            j += n_workers
 
 
 def augment_batch(image: torch.Tensor, label: torch.Tensor, cfg: PGLConfig,
