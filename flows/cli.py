@@ -14,6 +14,7 @@ import sys
 from typing import Callable
 
 from flows import runtime
+from pgl_core.config import add_config_arguments
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
 PARSER_MODULES = ("flows.cli_data", "flows.cli_train", "flows.cli_seg", "flows.cli_ops")
@@ -38,11 +39,7 @@ def triple(kind: type) -> Callable[[str], tuple]:
 
 def add_config_args(p: argparse.ArgumentParser, preset: bool = False) -> None:
     """``--config FILE`` and repeatable ``--set key=value`` (and ``--preset`` when asked)."""
-    p.add_argument("--config", metavar="FILE", help="YAML config file (see deploy/configs/).")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="Override one config field, e.g. --set train.steps=200 (repeatable).")
-    if preset:
-        p.add_argument("--preset", default="paper", help="Config preset: paper (default) or tiny.")
+    add_config_arguments(p, preset=preset)
 
 
 def build_parser() -> argparse.ArgumentParser:

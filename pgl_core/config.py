@@ -13,6 +13,7 @@ millimetres in ITK order (x, y, z).
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 from typing import Any, Literal
 
@@ -247,6 +248,16 @@ def _format_validation(err: ValidationError, origin: str) -> str:
         loc = ".".join(str(p) for p in e["loc"])
         lines.append(f"  {loc}: {e['msg']}")
     return "\n".join(lines)
+
+
+def add_config_arguments(parser: "argparse.ArgumentParser", preset: bool = True) -> None:
+    """``--config FILE``, repeatable ``--set key=value`` and (optionally) ``--preset`` on ``parser``:
+    the command-line side of :func:`load_config`, shared by every entry point."""
+    parser.add_argument("--config", default=None, metavar="FILE", help="YAML config file (see deploy/configs/).")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="Override one config field, e.g. --set train.steps=200 (repeatable).")
+    if preset:
+        parser.add_argument("--preset", default="paper", help="Config preset: paper (default) or tiny.")
 
 
 def load_config(

@@ -34,7 +34,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from pgl_core import checkpoint as ckpt
 from pgl_core import distributed as dist_utils
-from pgl_core.config import ConfigError, PGLConfig, config_to_dict, flatten, load_config
+from pgl_core.config import ConfigError, PGLConfig, add_config_arguments, config_to_dict, flatten, load_config
 from pgl_core.contract import PretrainContract, load_contract, load_encoder_state
 from pgl_core.data import CropSampler, make_loader
 from pgl_core.evaluation.metrics import dice_score
@@ -388,10 +388,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--init", default="random", help="'random' or a pretraining output URI.")
     p.add_argument("--output", required=True, help="Run output URI (checkpoints, split.json, model/).")
     p.add_argument("--labelled", type=float, default=None, help="Labelled training cases: count >= 1 or fraction < 1.")
-    p.add_argument("--config", default=None, help="YAML config file.")
-    p.add_argument("--preset", default="paper", help="Config preset (paper, tiny).")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="Config override, e.g. finetune.steps=100 (repeatable).")
+    add_config_arguments(p)
     p.add_argument("--max-steps", type=int, default=None, help="Stop after this many steps of this invocation.")
     p.add_argument("--device", default=None, help="cpu, cuda or auto (default).")
     return p.parse_args(argv)

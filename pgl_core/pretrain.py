@@ -32,7 +32,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from pgl_core import checkpoint as ckpt
 from pgl_core import distributed as dist_utils
-from pgl_core.config import ConfigError, PGLConfig, config_to_dict, flatten, load_config
+from pgl_core.config import ConfigError, PGLConfig, add_config_arguments, config_to_dict, flatten, load_config
 from pgl_core.contract import build_contract, write_contract
 from pgl_core.data import CropSampler, CropSource, CropStream, index_cases, make_loader, source_size_vox
 from pgl_core.intensity_norm import IntensityNorm, resolve_norm
@@ -348,10 +348,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--store", required=True, help="Store root URI (local path or s3://...).")
     p.add_argument("--datasets", required=True, nargs="+", help="Dataset names (space or comma separated).")
     p.add_argument("--output", required=True, help="Run output URI (checkpoints, encoder.pt, contract.json).")
-    p.add_argument("--config", default=None, help="YAML config file.")
-    p.add_argument("--preset", default="paper", help="Config preset (paper, tiny).")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="Config override, e.g. train.steps=100 (repeatable).")
+    add_config_arguments(p)
     p.add_argument("--max-steps", type=int, default=None, help="Stop after this many steps of this invocation.")
     p.add_argument("--device", default=None, help="cpu, cuda or auto (default).")
     return p.parse_args(argv)
