@@ -38,8 +38,9 @@ from pgl_core.views import render_views, sample_views, source_shape_for  # noqa:
 NORM = IntensityNorm((-1024.0, 325.0), "zscore", -350.0, 380.0)
 
 
-def _config(device: torch.device, batch: int | None, patch: tuple[int, int, int] | None) -> PGLConfig:
-    cfg = load_config(preset="paper" if device.type == "cuda" else "tiny")
+def _config(device: torch.device, batch: int | None, patch: tuple[int, int, int] | None,
+            overrides: list[str] = ()) -> PGLConfig:
+    cfg = load_config(preset="paper" if device.type == "cuda" else "tiny", overrides=list(overrides))
     train = {"batch_size": batch or (32 if device.type == "cuda" else 4)}
     views = {"patch_vox": patch} if patch else {}
     data = cfg.model_dump()
@@ -97,7 +98,7 @@ def time_mode(cfg: PGLConfig, device: torch.device, tf32: bool, amp: bool, compi
 
 
 def synthetic(args: argparse.Namespace, device: torch.device) -> None:
-    cfg = _config(device, args.batch, tuple(args.patch) if args.patch else None)
+    cfg = _config(device, args.batch, tuple(args.patch) if args.patch else None, args.overrides)
     n_params = sum(p.numel() for p in PGLModel(cfg.model, cfg.loss, tuple(cfg.views.patch_vox)).online.parameters())
     print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}), "
           f"torch {torch.__version__}, patch {tuple(cfg.views.patch_vox)}, batch {cfg.train.batch_size}, "
@@ -140,7 +141,7 @@ def e2e(args: argparse.Namespace, device: torch.device) -> None:
 
     from pgl_core.pretrain import run_pretraining
 
-    cfg = _config(device, args.batch, tuple(args.patch) if args.patch else None)
+    cfg = _config(device, args.batch, tuple(args.patch) if args.patch else None, args.overrides)
     steps = args.steps or (60 if device.type == "cuda" else 12)
     workers = args.workers if args.workers is not None else (max((os.cpu_count() or 2) - 2, 1))
     data = cfg.model_dump()
@@ -171,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iters", type=int, default=None)
     p.add_argument("--no-compile", action="store_true")
     p.add_argument("--e2e", action="store_true", help="Real loop + loader from a synthetic store.")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="Config override, e.g. --set loss.local_levels=[bottleneck,decoder_s4].")
     p.add_argument("--steps", type=int, default=None, help="e2e: loop steps.")
     p.add_argument("--workers", type=int, default=None, help="e2e: loader workers.")
     p.add_argument("--compile", action="store_true", help="e2e: torch.compile the model.")
