@@ -32,6 +32,8 @@ from pgl_core.config import PGLConfig, load_config  # noqa: E402
 from pgl_core.intensity_norm import IntensityNorm  # noqa: E402
 from pgl_core.optim import build_optimizer  # noqa: E402
 from pgl_core.pgl import PGLModel  # noqa: E402
+from pgl_core.ema import base_tau_for_steps  # noqa: E402
+from pgl_core.levels import resolve_local_levels  # noqa: E402
 from pgl_core.schedules import tau_at  # noqa: E402
 from pgl_core.views import render_views, sample_views, source_shape_for  # noqa: E402
 
@@ -46,7 +48,10 @@ def _config(device: torch.device, batch: int | None, patch: tuple[int, int, int]
     data = cfg.model_dump()
     data["train"].update(train)
     data["views"].update(views)
-    return PGLConfig.model_validate(data)
+    cfg = resolve_local_levels(PGLConfig.model_validate(data))
+    if cfg.optim.ema_tau is None:
+        cfg.optim.ema_tau = base_tau_for_steps(cfg.train.steps)
+    return cfg
 
 
 def _step(model, raw, optimizer, volumes, cfg, gen, amp, step):

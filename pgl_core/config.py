@@ -18,14 +18,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
-Triple = tuple[int, int, int]
-TripleF = tuple[float, float, float]
+from pgl_core.config_base import Section as _Section
+from pgl_core.config_base import Triple, TripleF
+from pgl_core.finetune_config import FinetuneAugConfig, FinetuneConfig
 
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+__all__ = ["PGLConfig", "ConfigError", "load_config", "FinetuneConfig", "FinetuneAugConfig", "Triple", "TripleF"]
 
 
 class PreprocessConfig(_Section):
@@ -56,10 +55,15 @@ class PreprocessConfig(_Section):
 class IntensityConfig(_Section):
     """Training-time intensity mapping of stored HU (recorded in the pretraining contract)."""
 
-    hu_window: tuple[float, float] = Field((-1024.0, 325.0), description="HU clip range before normalisation.")
-    normalisation: Literal["zscore", "minmax"] = Field(
-        "zscore", description="zscore: (x - mean) / std with the dataset's clipped-HU stats; minmax: to [0, 1]."
-    )
+    hu_window: tuple[float, float] = Field(
+        (-1024.0, 325.0), description="HU clip range before normalisation (zscore, minmax; foreground "
+        "takes its clip range from the data).")
+    normalisation: Literal["foreground", "zscore", "minmax"] = Field(
+        "foreground", description="foreground (nnU-Net's CT scheme): clip to the body voxels' "
+        "foreground_percentiles, then z-score with the body mean / std; zscore: clip to hu_window, "
+        "(x - mean) / std over whole volumes (air included); minmax: hu_window to [0, 1].")
+    foreground_percentiles: tuple[float, float] = Field(
+        (0.5, 99.5), description="Body-voxel percentiles that clip HU before the foreground z-score.")
     mean_hu: float | None = Field(None, description="Override the z-score mean (None = from the manifests).")
     std_hu: float | None = Field(None, description="Override the z-score std (None = from the manifests).")
 
@@ -79,12 +83,17 @@ class ViewConfig(_Section):
     flip_p: float = Field(0.5, ge=0, le=1, description="Per-axis flip probability.")
     rotate90: bool = Field(False, description="In-plane (H, W) 90-degree rotations.")
     noise_p: float = Field(0.1, ge=0, le=1, description="Gaussian noise probability.")
-    noise_var_max: float = Field(0.1, ge=0, description="Noise variance drawn from U(0, this).")
+    noise_std_hu: float = Field(
+        25.0, ge=0, description="Noise std drawn from U(0, this) HU (CT noise is ~10-20 HU; organs "
+        "differ by 10-60 HU, so stronger noise teaches invariance to what segmentation needs).")
     blur_p: float = Field(0.2, ge=0, le=1, description="Gaussian blur probability.")
     blur_sigma: tuple[float, float] = Field((0.5, 1.0), description="Blur sigma range in voxels.")
-    contrast_p: float = Field(0.5, ge=0, le=1, description="Brightness/contrast multiplier probability.")
-    contrast_range: tuple[float, float] = Field((0.75, 1.25), description="Multiplier range.")
-    gamma_p: float = Field(0.5, ge=0, le=1, description="Gamma probability (on [0, 1]-rescaled values).")
+    contrast_p: float = Field(0.5, ge=0, le=1, description="Contrast multiplier probability.")
+    contrast_range: tuple[float, float] = Field(
+        (0.9, 1.1), description="Multiplier on normalised values (about the normalisation mean): 0.9-1.1 "
+        "moves soft tissue by a few HU relative to fat, keeping organ contrast.")
+    gamma_p: float = Field(0.0, ge=0, le=1, description="Gamma probability (on [0, 1]-rescaled values; off "
+                           "by default: gamma 0.7-1.5 over the HU range moves soft tissue by ~±250 HU).")
     gamma_range: tuple[float, float] = Field((0.7, 1.5), description="Gamma range.")
 
 
@@ -110,8 +119,11 @@ class LossConfig(_Section):
     mode: Literal["pgl", "global", "local"] = Field("pgl", description="pgl = both; global = BYOL; local only.")
     local_weight: float = Field(1.0, ge=0, description="lambda on the local loss.")
     local_levels: tuple[str, ...] = Field(
-        ("bottleneck",), description="Feature levels with a local loss: 'bottleneck' and/or 'decoder_s4'."
-    )
+        ("auto",), description="Feature levels with a local loss: 'bottleneck' and/or 'decoder_s4', or "
+        "'auto': every level whose aligned view overlap spans at least local_min_cells cells per axis "
+        "(median over sampled view pairs), else the finest (pgl_core.levels; recorded in the contract).")
+    local_min_cells: float = Field(2.0, gt=0, description="Overlap extent in cells per axis a level needs "
+                                   "for 'auto' local_levels.")
 
 
 class OptimConfig(_Section):
@@ -124,7 +136,10 @@ class OptimConfig(_Section):
     warmup_steps: int = Field(100, ge=0, description="Linear warm-up steps before the cosine decay.")
     min_lr_ratio: float = Field(0.0, ge=0, le=1, description="Final lr as a fraction of the peak.")
     grad_clip: float = Field(3.0, ge=0, description="Max global grad norm (0 disables).")
-    ema_tau: float = Field(0.996, ge=0, le=1, description="EMA momentum at step 0; rises to 1 on a cosine.")
+    ema_tau: float | None = Field(
+        None, ge=0, le=1, description="EMA momentum at step 0; rises to 1 on a cosine. None = fitted to the "
+        "run length: 1 - 0.04 * train.steps ** -0.2 (0.987 at 250 steps, 0.990 at 1e3, 0.996 at 1e5; "
+        "pgl_core.ema.base_tau_for_steps).")
 
 
 class TrainConfig(_Section):
@@ -147,30 +162,6 @@ class TrainConfig(_Section):
     max_consecutive_nonfinite: int = Field(
         10, ge=1, description="Abort after this many consecutive steps with a non-finite loss."
     )
-
-
-class FinetuneConfig(_Section):
-    """Supervised fine-tuning of a segmentation U-Net."""
-
-    steps: int = Field(1000, ge=1, description="Optimisation steps.")
-    batch_size: int = Field(2, ge=1, description="Global batch.")
-    patch_vox: Triple = Field((48, 160, 160), description="Training patch (D, H, W).")
-    lr: float = Field(1e-2, gt=0, description="Peak learning rate.")
-    optimizer: Literal["sgd", "adamw"] = Field("sgd", description="Optimiser.")
-    labelled: float | None = Field(
-        None, gt=0, description="Labelled training cases used: a count (>= 1), a fraction (< 1), None = all."
-    )
-    val_fraction: float = Field(0.2, ge=0, lt=1, description="Fraction of labelled cases for validation.")
-    test_fraction: float = Field(0.2, ge=0, lt=1, description="Fraction of labelled cases held out for test.")
-    foreground_p: float = Field(0.67, ge=0, le=1, description="Probability a patch is centred on foreground.")
-    seed: int = Field(0, description="Seed for weights and sampling (and the split unless split_seed is set).")
-    split_seed: int | None = Field(
-        None, description="Seed of the train/val/test split and label budget; None = `seed`. Fix it to "
-        "compare initialisations over seeds on the same cases."
-    )
-    eval_every: int = Field(100, ge=1, description="Steps between validation passes.")
-    sw_overlap: float = Field(0.5, ge=0, lt=1, description="Sliding-window overlap at evaluation.")
-    nsd_tolerance_mm: float = Field(2.0, gt=0, description="Normalised surface Dice tolerance in mm.")
 
 
 class PGLConfig(_Section):
@@ -205,7 +196,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                   "checkpoint_every_steps": 25},
         "optim": {"warmup_steps": 5},
         "finetune": {"steps": 60, "batch_size": 2, "patch_vox": (16, 48, 48), "optimizer": "adamw",
-                     "lr": 3e-3, "eval_every": 20},
+                     "lr": 3e-3, "eval_every": 20, "loader_workers": 0},
     },
 }
 

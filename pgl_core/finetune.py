@@ -3,7 +3,7 @@
 One straight-line loop on 1..N processes (``python -m pgl_core.finetune`` or ``torchrun
 --nproc-per-node N -m pgl_core.finetune ...``), in the style of :mod:`pgl_core.pretrain`:
 labelled int16 patches from the store (foreground-aware, :mod:`pgl_core.seg_data`) -> HU window +
-normalisation, random flips and intensity augmentation on the device -> SegmentationUNet under
+fine-tuning augmentation in HU (:mod:`pgl_core.seg_augment`), then normalisation, on the device -> SegmentationUNet under
 bf16 autocast (CUDA) -> Dice + CE -> backward (DDP) -> clip -> non-finite guard -> step ->
 validation Dice (sliding window over the val cases, shared between ranks) every ``eval_every``
 steps -> checkpoints (resume restores weights, optimiser, best-so-far, RNG and the data position).
@@ -47,7 +47,8 @@ from pgl_core.pretrain import NonFiniteLossError, _amp_dtype, _set_numerics, _st
 from pgl_core.schedules import lr_at, set_lr
 from pgl_core.seg_contract import (build_segmenter_contract, check_pretrain_compat, load_encoder_into,
                                    pretrain_norm, write_model_dir)
-from pgl_core.seg_data import SegPatchStream, augment_batch
+from pgl_core.seg_augment import augment_segmentation, lateral_swap_table
+from pgl_core.seg_data import SegPatchStream
 from pgl_core.seg_loss import dice_ce_loss
 from pgl_core.split import split_with_budget
 from storage import blobs
@@ -55,6 +56,7 @@ from storage import blobs
 log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PREEMPTED = 0, 1, 2, 75
+EARLY_MODEL_DIR = "model-early"  # finetune.early_eval_step's weights (the study's early evaluation)
 _RESUME_SECTIONS = ("model", "intensity")
 _RESUME_FT_FIELDS = ("seed", "split_seed", "patch_vox", "batch_size", "labelled", "val_fraction", "test_fraction",
                      "foreground_p")
@@ -90,6 +92,7 @@ class _Run:
     norm: IntensityNorm
     pre: PretrainContract | None
     init: str
+    swap: torch.Tensor | None = None  # left/right label twins (seg_augment.lateral_swap_table)
 
 
 def _label_names(manifest: dict[str, Any], dataset: str) -> dict[int, str]:
@@ -123,7 +126,7 @@ def prepare_run(cfg: PGLConfig, store: Any, dataset: str, init: str, labelled: f
     if any(p % s for p, s in zip(ft.patch_vox, stride)):
         raise ConfigError(f"finetune.patch_vox {tuple(ft.patch_vox)} is not divisible by the network's total "
                           f"stride {stride}; choose a multiple, e.g. --set finetune.patch_vox=[...]")
-    return _Run(store, manifest, names, len(names), split, norm, pre, init)
+    return _Run(store, manifest, names, len(names), split, norm, pre, init, lateral_swap_table(names))
 
 
 def build_model(cfg: PGLConfig, run: _Run, storage_options: dict | None) -> tuple[SegmentationUNet, list[str]]:
@@ -137,10 +140,10 @@ def build_model(cfg: PGLConfig, run: _Run, storage_options: dict | None) -> tupl
 
 
 def build_optimizer(model: nn.Module, cfg: PGLConfig) -> torch.optim.Optimizer:
-    """SGD (Nesterov, ``optim.momentum``) or AdamW at ``finetune.lr``; no decay on biases / norms."""
-    groups = param_groups(model.named_parameters(), cfg.optim.weight_decay)
+    """SGD (Nesterov, ``finetune.momentum``) or AdamW at ``finetune.lr``; no decay on biases / norms."""
+    groups = param_groups(model.named_parameters(), cfg.finetune.weight_decay)
     if cfg.finetune.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.finetune.lr, momentum=cfg.optim.momentum, nesterov=True)
+        return torch.optim.SGD(groups, lr=cfg.finetune.lr, momentum=cfg.finetune.momentum, nesterov=True)
     return torch.optim.AdamW(groups, lr=cfg.finetune.lr)
 
 
@@ -175,7 +178,7 @@ def _save(raw: nn.Module, optimizer: torch.optim.Optimizer, step: int, skipped: 
                  "model": raw.state_dict(), "optimizer": optimizer.state_dict(), "best": best,
                  "val_history": val_history, "rng": rng, "config": config_to_dict(cfg), "split": run.split,
                  "init": run.init, "torch_version": torch.__version__}
-        ckpt.save_checkpoint(output_uri, step, state, storage_options, keep=cfg.train.keep_checkpoints)
+        ckpt.save_checkpoint(output_uri, step, state, storage_options, keep=cfg.finetune.keep_checkpoints)
     dist_utils.barrier()
 
 
@@ -225,7 +228,7 @@ def run_finetuning(cfg: PGLConfig, store_root: str, dataset: str, init: str, out
         cfg = cfg.model_copy(deep=True)
         cfg.finetune.labelled = float(labelled)
     world = dist_utils.init_distributed(device)
-    _set_numerics(cfg, world.device)
+    _set_numerics(cfg.finetune.tf32, world.device)
     if cfg.finetune.batch_size % world.world_size:
         raise ConfigError(f"finetune.batch_size {cfg.finetune.batch_size} is not divisible by "
                           f"{world.world_size} ranks")
@@ -269,7 +272,8 @@ def _finite_or_none(x: float) -> float | None:
 
 
 def _write_model(cfg: PGLConfig, run: _Run, raw: nn.Module, res: FinetuneResult, best: dict[str, Any],
-                 storage_options: dict | None) -> None:
+                 storage_options: dict | None, name: str = "model") -> None:
+    """The model directory ``<output>/<name>/``: the best weights (the current ones without a best)."""
     state = best["state"] if best["state"] is not None else raw.state_dict()
     metrics = {"val_dice": _finite_or_none(res.best_val_dice), "best_val_dice": _finite_or_none(res.best_val_dice),
                "final_val_dice": _finite_or_none(res.final_val_dice), "best_step": res.best_step,
@@ -278,14 +282,16 @@ def _write_model(cfg: PGLConfig, run: _Run, raw: nn.Module, res: FinetuneResult,
                                         (run.manifest.get("plan") or {}).get("target_spacing_mm"), run.norm,
                                         run.init, run.pre, run.store.dataset, run.store.manifest_hash(),
                                         run.split, metrics)
-    write_model_dir(res.model_dir, state, contract, run.split, storage_options)
+    write_model_dir(res.model_dir.rsplit("/", 1)[0] + "/" + name, state, contract, run.split, storage_options)
 
 
 def _step_batch(cfg: PGLConfig, run: _Run, data: dict, step: int, device: torch.device) -> tuple:
-    image = run.norm.apply(data["image"].to(device, non_blocking=True))
+    """Augment the HU patches (spatial + intensity in HU), then normalise: (image, label) on ``device``."""
+    image = data["image"].to(device, non_blocking=True).float()
     label = data["label"].to(device, non_blocking=True).long()
     gen = torch.Generator().manual_seed(_step_seed(cfg.finetune.seed, dist_utils.get_rank(), step))
-    return augment_batch(image, label, cfg, gen)
+    image, label = augment_segmentation(image, label, cfg.finetune.aug, gen, run.swap)
+    return run.norm.apply(image), label
 
 
 def _make_iter(cfg: PGLConfig, run: _Run, world: dist_utils.WorldInfo, step: int) -> Iterator:
@@ -293,27 +299,27 @@ def _make_iter(cfg: PGLConfig, run: _Run, world: dist_utils.WorldInfo, step: int
     ids = run.split["train"]
     cases = run.manifest.get("cases", {})
     shapes = {c: tuple(int(v) for v in cases[c]["shape_zyx"]) for c in ids}
-    sampler = CropSampler(len(ids), cfg.train.crops_per_volume, world.rank, world.world_size, ft.seed)
+    sampler = CropSampler(len(ids), ft.crops_per_volume, world.rank, world.world_size, ft.seed)
     stream = SegPatchStream(run.store, ids, shapes, sampler, ft.batch_size // world.world_size,
                             tuple(ft.patch_vox), ft.foreground_p, start_batch=step)
-    return iter(make_loader(stream, cfg.train.loader_workers, pin_memory=world.device.type == "cuda"))
+    return iter(make_loader(stream, ft.loader_workers, pin_memory=world.device.type == "cuda"))
 
 
 def _loop(cfg: PGLConfig, world: dist_utils.WorldInfo, run: _Run, raw: nn.Module, model: nn.Module,
           optimizer: torch.optim.Optimizer, step: int, skipped: int, best: dict[str, Any], output_uri: str,
           storage_options: dict | None, sink: MetricsSink, max_steps: int | None, res: FinetuneResult) -> None:
-    ft, t = cfg.finetune, cfg.train
+    ft = cfg.finetune
     total = ft.steps
     end = total if max_steps is None else min(total, step + max_steps)
     it = _make_iter(cfg, run, world, step)
-    amp = _amp_dtype(cfg, world.device)
-    clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
+    amp = _amp_dtype(ft.amp, world.device)
+    clip = ft.grad_clip if ft.grad_clip > 0 else math.inf
     consecutive, last_ckpt = 0, time.monotonic()
     win = {"t0": time.perf_counter(), "n": 0, "sum": torch.zeros(3, device=world.device)}
     with _StopFlag() as stop:
         while step < end:
             image, label = _step_batch(cfg, run, next(it), step, world.device)
-            set_lr(optimizer, lr_at(step, total, ft.lr, cfg.optim.warmup_steps, cfg.optim.min_lr_ratio))
+            set_lr(optimizer, lr_at(step, total, ft.lr, ft.warmup_steps, ft.min_lr_ratio))
             autocast = torch.autocast(world.device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
             with autocast:
                 logits = model(image)
@@ -322,14 +328,14 @@ def _loop(cfg: PGLConfig, world: dist_utils.WorldInfo, run: _Run, raw: nn.Module
             optimizer.zero_grad(set_to_none=True)
             out["loss"].backward()
             gnorm = torch.nn.utils.clip_grad_norm_(raw.parameters(), clip)
-            due = (time.monotonic() - last_ckpt) / 60.0 >= t.checkpoint_every_minutes
+            due = (time.monotonic() - last_ckpt) / 60.0 >= ft.checkpoint_every_minutes
             flags = torch.tensor([float(not torch.isfinite(losses).all()), float(not torch.isfinite(gnorm)),
                                   float(stop.set), float(due)], device=world.device)
             bad_loss, bad_grad, stop_now, due_now = dist_utils.all_reduce_max(flags).tolist()
             if bad_loss or bad_grad:
                 skipped, consecutive = skipped + 1, consecutive + 1
                 optimizer.zero_grad(set_to_none=True)
-                if consecutive >= t.max_consecutive_nonfinite:
+                if consecutive >= ft.max_consecutive_nonfinite:
                     raise NonFiniteLossError(f"{consecutive} consecutive non-finite steps ending at step {step}")
             else:
                 consecutive = 0
@@ -338,11 +344,13 @@ def _loop(cfg: PGLConfig, world: dist_utils.WorldInfo, run: _Run, raw: nn.Module
                 win["n"] += 1
             step += 1
             res.steps, res.last_loss = step, float(losses[0])
-            if step % t.log_every == 0 or step == end:
+            if step == ft.early_eval_step and world.is_main:
+                _write_model(cfg, run, raw, res, {"state": None}, storage_options, EARLY_MODEL_DIR)
+            if step % ft.log_every == 0 or step == end:
                 _log_window(win, step, optimizer, skipped, sink, res)
             if step % ft.eval_every == 0 or step == total:
                 _validate(cfg, run, raw, world, amp, step, best, sink, res)
-            if stop_now or due_now or step % t.checkpoint_every_steps == 0 or step == end:
+            if stop_now or due_now or step % ft.checkpoint_every_steps == 0 or step == end:
                 _save(raw, optimizer, step, skipped, best, res.val_history, cfg, run, output_uri, storage_options)
                 last_ckpt = time.monotonic()
             if stop_now:

@@ -4,7 +4,7 @@ Every op works on a batch (N, C, D, H, W) on its own device with per-sample rand
 no Python branching on data (samples not selected get the identity), so one call augments a whole
 batch of views. Order: Gaussian noise, Gaussian blur, brightness/contrast, gamma.
 
-- noise: p ``noise_p``, variance U(0, ``noise_var_max``), additive.
+- noise: p ``noise_p``, std U(0, ``noise_std_hu``) HU (times ``units_per_hu``), additive.
 - blur: p ``blur_p``, sigma U(``blur_sigma``) voxels on every axis, separable depthwise conv3d,
   replicate padding.
 - brightness/contrast: p ``contrast_p``, values multiplied by U(``contrast_range``) (on z-scored
@@ -34,7 +34,8 @@ def _device_generator(generator: torch.Generator | None, device: torch.device) -
     return torch.Generator(device=device).manual_seed(seed)
 
 
-def _draw_all(generator: torch.Generator | None, n: int, config: ViewConfig, device) -> list[tuple[Tensor, Tensor]]:
+def _draw_all(generator: torch.Generator | None, n: int, config: ViewConfig, device,
+              units_per_hu: float = 1.0) -> list[tuple[Tensor, Tensor]]:
     """Per op (noise, blur, contrast, gamma): (apply mask (n,) bool, value (n,) float32) on ``device``.
 
     One (8, n) draw and one non-blocking host-to-device copy for the whole batch.
@@ -44,7 +45,7 @@ def _draw_all(generator: torch.Generator | None, n: int, config: ViewConfig, dev
     else:
         u = torch.rand((8, n), generator=generator).to(device, non_blocking=True)
     specs = [
-        (config.noise_p, 0.0, config.noise_var_max),
+        (config.noise_p, 0.0, config.noise_std_hu * units_per_hu),
         (config.blur_p, *config.blur_sigma),
         (config.contrast_p, *config.contrast_range),
         (config.gamma_p, *config.gamma_range),
@@ -56,10 +57,10 @@ def _per_sample(v: Tensor) -> Tensor:
     return v.view(-1, 1, 1, 1, 1)
 
 
-def add_noise(x: Tensor, apply: Tensor, var: Tensor, generator: torch.Generator | None) -> Tensor:
-    """x + N(0, var) on selected samples; x (N, C, D, H, W), apply/var (N,)."""
+def add_noise(x: Tensor, apply: Tensor, std: Tensor, generator: torch.Generator | None) -> Tensor:
+    """x + N(0, std^2) on selected samples; x (N, C, D, H, W), apply/std (N,)."""
     noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    std = torch.where(apply, var.clamp(min=0).sqrt(), torch.zeros_like(var))
+    std = torch.where(apply, std.clamp(min=0), torch.zeros_like(std))
     return x + _per_sample(std) * noise
 
 
@@ -102,12 +103,15 @@ def gamma(x: Tensor, apply: Tensor, g: Tensor, eps: float = 1e-7) -> Tensor:
     return torch.where(_per_sample(apply), out, x)
 
 
-def augment_intensity(x: Tensor, config: ViewConfig, generator: torch.Generator | None = None) -> Tensor:
-    """Apply noise, blur, brightness/contrast and gamma to x (N, C, D, H, W) float; same shape."""
-    (noise_on, var), (blur_on, sigma), (scale_on, factor), (gamma_on, g) = _draw_all(
-        generator, x.shape[0], config, x.device
+def augment_intensity(x: Tensor, config: ViewConfig, generator: torch.Generator | None = None,
+                      units_per_hu: float = 1.0) -> Tensor:
+    """Apply noise, blur, brightness/contrast and gamma to x (N, C, D, H, W) float; same shape.
+    ``units_per_hu``: normalised units per HU of ``x`` (``IntensityNorm.units_per_hu``), so that
+    HU-valued settings mean HU whatever the normalisation."""
+    (noise_on, std), (blur_on, sigma), (scale_on, factor), (gamma_on, g) = _draw_all(
+        generator, x.shape[0], config, x.device, units_per_hu
     )
-    x = add_noise(x, noise_on, var, _device_generator(generator, x.device))
+    x = add_noise(x, noise_on, std, _device_generator(generator, x.device))
     radius = max(1, int(math.ceil(3 * max(config.blur_sigma))))
     x = gaussian_blur(x, gaussian_kernels(sigma, blur_on, radius))
     x = scale_values(x, scale_on, factor)

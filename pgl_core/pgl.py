@@ -58,6 +58,9 @@ class PGLModel(nn.Module):
         self.local_weight = float(loss_cfg.local_weight)
         self.use_global = self.mode in ("pgl", "global")
         self.levels = tuple(loss_cfg.local_levels) if self.mode in ("pgl", "local") else ()
+        if "auto" in self.levels:
+            raise ValueError("loss.local_levels 'auto' must be resolved for the run's views first "
+                             "(pgl_core.levels.resolve_local_levels)")
         unknown = [lv for lv in self.levels if lv not in LEVELS]
         if unknown or (self.mode == "local" and not self.levels):
             raise ValueError(f"local_levels {loss_cfg.local_levels} invalid for mode {self.mode}; choose from {LEVELS}")

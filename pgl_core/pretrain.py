@@ -38,6 +38,8 @@ from pgl_core.data import CropSampler, CropSource, CropStream, index_cases, make
 from pgl_core.intensity_norm import IntensityNorm, resolve_norm
 from pgl_core.metrics import JsonlSink, MetricsSink, NullSink
 from pgl_core.optim import build_optimizer
+from pgl_core.ema import base_tau_for_steps
+from pgl_core.levels import resolve_local_levels
 from pgl_core.schedules import lr_at, set_lr, tau_at
 
 log = logging.getLogger(__name__)
@@ -113,16 +115,17 @@ def _step_seed(seed: int, rank: int, step: int) -> int:
     return int(np.random.SeedSequence([seed, rank, step, 0x91]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
-def _amp_dtype(cfg: PGLConfig, device: torch.device) -> torch.dtype | None:
-    if cfg.train.amp == "bf16" or (cfg.train.amp == "auto" and device.type == "cuda"):
+def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """bf16 for ``amp`` "bf16", or "auto" on CUDA; None (fp32) otherwise."""
+    if amp == "bf16" or (amp == "auto" and device.type == "cuda"):
         return torch.bfloat16
     return None
 
 
-def _set_numerics(cfg: PGLConfig, device: torch.device) -> None:
+def _set_numerics(tf32: bool, device: torch.device) -> None:
     if device.type == "cuda":
-        torch.set_float32_matmul_precision("high" if cfg.train.tf32 else "highest")
-        torch.backends.cudnn.allow_tf32 = bool(cfg.train.tf32)
+        torch.set_float32_matmul_precision("high" if tf32 else "highest")
+        torch.backends.cudnn.allow_tf32 = bool(tf32)
 
 
 def _manifests(stores: dict[str, CropSource]) -> tuple[dict[str, dict], dict[str, str]]:
@@ -216,9 +219,13 @@ def pretrain(cfg: PGLConfig, stores: dict[str, CropSource], output_uri: str, sto
     """The loop over already-opened dataset stores (``run_pretraining`` opens them by name)."""
     world = dist_utils.init_distributed(device)
     comps = components or default_components()
+    cfg = resolve_local_levels(cfg)  # "auto" becomes concrete levels, saved with the run
+    if cfg.optim.ema_tau is None:  # fitted to the run length, saved with the run
+        cfg = cfg.model_copy(deep=True)
+        cfg.optim.ema_tau = base_tau_for_steps(cfg.train.steps)
     torch.manual_seed(cfg.train.seed)
     np.random.seed(cfg.train.seed % 2**32)
-    _set_numerics(cfg, world.device)
+    _set_numerics(cfg.train.tf32, world.device)
     if cfg.train.batch_size % world.world_size:
         raise ConfigError(f"train.batch_size {cfg.train.batch_size} is not divisible by {world.world_size} ranks")
     manifests, hashes = _manifests(stores)
@@ -264,7 +271,7 @@ def _loop(cfg: PGLConfig, world: dist_utils.WorldInfo, comps: Components, raw: n
     stream = CropStream(store_list, cases, sampler, batch, size_vox, start_batch=step)
     loader = make_loader(stream, t.loader_workers, pin_memory=world.device.type == "cuda")
     it: Iterator = iter(loader)
-    amp = _amp_dtype(cfg, world.device)
+    amp = _amp_dtype(cfg.train.amp, world.device)
     trainable = [p for p in raw.parameters() if p.requires_grad]
     clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
     res = PretrainResult("completed", step, total, output_uri, skipped_steps=skipped)
@@ -280,7 +287,7 @@ def _loop(cfg: PGLConfig, world: dist_utils.WorldInfo, comps: Components, raw: n
             gen_aug = torch.Generator().manual_seed(_step_seed(t.seed, world.rank, step) + 1)
             params = comps.sample_views(tuple(size_vox), cfg.views, gen, batch).to(world.device)
             view_a, view_b = comps.render_views(volumes, params, intensity=True, config=cfg.views,
-                                                generator=gen_aug)
+                                                generator=gen_aug, units_per_hu=norm.units_per_hu())
             set_lr(optimizer, lr_at(step, total, cfg.optim.lr, cfg.optim.warmup_steps, cfg.optim.min_lr_ratio))
             autocast = (torch.autocast(world.device.type, dtype=amp) if amp is not None
                         else contextlib.nullcontext())

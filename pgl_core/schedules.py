@@ -31,12 +31,8 @@ def cosine_tau(step: int, total_steps: int, base_tau: float) -> float:
 
 
 def tau_at(step: int, total_steps: int, base_tau: float) -> float:
-    """EMA momentum for ``step``: the method's ``pgl_core.ema.ema_tau`` when present, else BYOL's."""
-    try:
-        from pgl_core.ema import ema_tau
-    except ImportError:
-        return cosine_tau(step, total_steps, base_tau)
-    return float(ema_tau(step, total_steps, base_tau))
+    """EMA momentum for ``step``: BYOL's cosine from ``base_tau`` to 1 (:func:`cosine_tau`)."""
+    return cosine_tau(step, total_steps, base_tau)
 
 
 def set_lr(optimizer, lr: float) -> None:  # noqa: ANN001 - any torch optimizer

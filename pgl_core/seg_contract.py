@@ -109,10 +109,11 @@ def check_pretrain_compat(pre: PretrainContract, cfg: PGLConfig, manifest: dict[
                          f"re-run pgl preprocess for dataset {dataset!r} (the store's orientation must be "
                          f"{pre.orientation})"))
     window = [float(v) for v in cfg.intensity.hu_window]
-    if [float(v) for v in pre.hu_window] != window:
+    kind = pre.normalisation.get("kind")
+    # a foreground norm's clip range comes from the pretraining data's body percentiles, not the config
+    if kind != "foreground" and [float(v) for v in pre.hu_window] != window:
         problems.append(("intensity.hu_window", _plain(pre.hu_window), window,
                          f"--set intensity.hu_window={_yaml(pre.hu_window)}"))
-    kind = pre.normalisation.get("kind")
     if kind != cfg.intensity.normalisation:
         problems.append(("intensity.normalisation", kind, cfg.intensity.normalisation,
                          f"--set intensity.normalisation={kind}"))

@@ -16,7 +16,7 @@ first time the worker needs them, and cached per case in that worker (at most
 ``max_coords_per_class`` coordinates per class, an evenly strided subset in raster order).
 
 Delivered batches: ``{"image": int16 (B, 1, D, H, W) HU, "label": uint8 (B, D, H, W),
-"batch": int, "case": int64 (B,)}``. Normalisation and augmentation (:func:`augment_batch`) happen
+"batch": int, "case": int64 (B,)}``. Augmentation (:mod:`pgl_core.seg_augment`) and normalisation happen
 on the training device, in the loop.
 """
 
@@ -27,9 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pgl_core.config import PGLConfig
 from pgl_core.data import BatchStream, CropSampler
-from pgl_core.intensity import augment_intensity
 
 
 def present_classes(case_attrs: dict[str, Any]) -> list[int] | None:
@@ -124,16 +122,3 @@ class SegPatchStream(BatchStream):
             cases.append(c)
         return {"image": torch.from_numpy(np.stack(images)[:, None]), "label": torch.from_numpy(np.stack(labels)),
                 "batch": j, "case": torch.tensor(cases, dtype=torch.int64)}
-
-
-def augment_batch(image: torch.Tensor, label: torch.Tensor, cfg: PGLConfig,
-                  generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample random flips (p ``views.flip_p`` per axis, image and label alike) then intensity
-    augmentation (:func:`pgl_core.intensity.augment_intensity`). image (B, 1, D, H, W) float,
-    label (B, D, H, W); both stay on their device."""
-    flips = (torch.rand((3, image.shape[0]), generator=generator) < cfg.views.flip_p).to(image.device)
-    for axis in range(3):
-        on = flips[axis]
-        image = torch.where(on.view(-1, 1, 1, 1, 1), image.flip(2 + axis), image)
-        label = torch.where(on.view(-1, 1, 1, 1), label.flip(1 + axis), label)
-    return augment_intensity(image, cfg.views, generator), label

@@ -249,12 +249,14 @@ def render_views(
     intensity: bool = True,
     config: ViewConfig | None = None,
     generator: torch.Generator | None = None,
+    units_per_hu: float = 1.0,
 ) -> tuple[Tensor, Tensor]:
     """Render both views of each sample: volumes (B, C, D, H, W) -> two (B, C, *patch_vox) tensors.
 
     One trilinear ``grid_sample`` (align_corners=False, border padding) renders both views on the
     volumes' device, in float32. ``intensity=True`` then applies the per-view intensity
-    augmentations of ``config`` (see ``intensity.py``), which never move anatomy.
+    augmentations of ``config`` (see ``intensity.py``), which never move anatomy; ``units_per_hu``
+    converts their HU-valued strengths to the volumes' normalised units.
     """
     if volumes.dim() != 5 or volumes.shape[0] != params.batch:
         raise ValueError(f"volumes must be (B={params.batch}, C, D, H, W), got {tuple(volumes.shape)}")
@@ -265,5 +267,5 @@ def render_views(
     view_a, view_b = out[:, :, :d].contiguous(), out[:, :, d:].contiguous()
     if not intensity:
         return view_a, view_b
-    both = augment_intensity(torch.cat([view_a, view_b]), config or ViewConfig(), generator)
+    both = augment_intensity(torch.cat([view_a, view_b]), config or ViewConfig(), generator, units_per_hu)
     return both[: params.batch], both[params.batch :]

@@ -63,8 +63,10 @@ def pooled_stats(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
     total = 0.0
     total_sq = 0.0
     lo, hi = math.inf, -math.inf
+    bodies = []
     for rec in records:
         st = rec.get("stats") or {}
+        bodies.append(st.get("body"))
         n += int(st.get("n_vox", 0))
         total += float(st.get("sum_hu", 0.0))
         total_sq += float(st.get("sumsq_hu", 0.0))
@@ -74,7 +76,27 @@ def pooled_stats(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
     std = math.sqrt(max(total_sq / n - mean * mean, 0.0)) if n else None
     return {"mean_hu": mean, "std_hu": std, "min_hu": None if n == 0 else lo,
             "max_hu": None if n == 0 else hi, "n_vox": n, "clip_hu": list(STATS_CLIP_HU),
-            "region": "whole_volume"}
+            "region": "whole_volume", "body": pool_body_stats(bodies)}
+
+
+def pool_body_stats(bodies: Iterable[dict[str, Any] | None]) -> dict[str, Any] | None:
+    """Sum of several :func:`storage.layout.body_stats` (cases or datasets); None when any lacks
+    them (a store written before body statistics existed) or none is given."""
+    out: dict[str, Any] | None = None
+    for body in bodies:
+        if not body:
+            return None
+        if out is None:
+            out = {**body, "hist": list(body["hist"])}
+            continue
+        if (body["hist_lo_hu"], body["bin_hu"], len(body["hist"])) != (out["hist_lo_hu"], out["bin_hu"],
+                                                                        len(out["hist"])):
+            return None
+        out["n_vox"] += body["n_vox"]
+        out["sum_hu"] += body["sum_hu"]
+        out["sumsq_hu"] += body["sumsq_hu"]
+        out["hist"] = [a + b for a, b in zip(out["hist"], body["hist"])]
+    return out
 
 
 def build_manifest(

@@ -17,8 +17,8 @@ from storage.store import DatasetStore
 
 SHAPE_ZYX = (24, 48, 48)
 SPACING_MM = (8.0, 8.0, 10.0)
-FAST = ["finetune.patch_vox=[16,32,32]", "finetune.batch_size=2", "train.log_every=1",
-        "optim.warmup_steps=2", "train.checkpoint_every_steps=1000"]
+FAST = ["finetune.patch_vox=[16,32,32]", "finetune.batch_size=2", "finetune.log_every=1",
+        "finetune.warmup_steps=2", "finetune.checkpoint_every_steps=1000"]
 
 
 def make_store(root: str, dataset: str, kind: str = "kits", n_cases: int = 5, seed: int = 0,
@@ -59,7 +59,9 @@ def write_pretrain_output(out_uri: str, store_root: str, dataset: str, cfg: PGLC
     from pgl_core.intensity_norm import resolve_norm
     from pgl_core.pgl import PGLModel
 
-    cfg = cfg or tiny_cfg()
+    from pgl_core.levels import resolve_local_levels
+
+    cfg = resolve_local_levels(cfg or tiny_cfg())
     store = DatasetStore(store_root, dataset)
     manifests = {dataset: store.manifest()}
     torch.manual_seed(seed)

@@ -49,14 +49,26 @@ def test_spacing_mismatch_names_field_values_and_fix(tmp_path, pretrained):
     assert "--target-spacing 8,8,10" in text
 
 
-def test_hu_window_normalisation_and_architecture_mismatches(kits_store, pretrained):
+@pytest.fixture(scope="module")
+def pretrained_zscore(kits_store, tmp_path_factory) -> str:
+    return write_pretrain_output(str(tmp_path_factory.mktemp("prez") / "run"), kits_store, "kits",
+                                 cfg=tiny_cfg("intensity.normalisation=zscore"))
+
+
+def test_hu_window_normalisation_and_architecture_mismatches(kits_store, pretrained, pretrained_zscore):
     cfg = tiny_cfg("intensity.hu_window=[-200,300]", "intensity.normalisation=minmax", "model.norm=group")
     with pytest.raises(ContractMismatch) as err:
-        prepare_run(cfg, _store(kits_store), "kits", pretrained, None, None)
+        prepare_run(cfg, _store(kits_store), "kits", pretrained_zscore, None, None)
     fields = [p[0] for p in err.value.problems]
     assert fields == ["model.norm", "intensity.hu_window", "intensity.normalisation"]
     assert "--set intensity.hu_window=[-1024.0,325.0]" in str(err.value)
     assert "--set model.norm=\"instance\"" in str(err.value)
+    # a foreground norm takes its clip range from the pretraining data: only the kind must match
+    with pytest.raises(ContractMismatch) as err:
+        prepare_run(tiny_cfg("intensity.hu_window=[-200,300]", "intensity.normalisation=zscore"),
+                    _store(kits_store), "kits", pretrained, None, None)
+    assert [p[0] for p in err.value.problems] == ["intensity.normalisation"]
+    prepare_run(tiny_cfg("intensity.hu_window=[-200,300]"), _store(kits_store), "kits", pretrained, None, None)
 
 
 def test_missing_and_unexpected_keys_are_listed(pretrained):
@@ -87,9 +99,10 @@ def test_decoder_levels_the_contract_says_were_pretrained_must_be_present(kits_s
         load_encoder_into(SegmentationUNet(cfg.model, 3), no_decoder, load_contract(out), "init y")
 
 
-def test_cli_exits_2_on_contract_mismatch(kits_store, pretrained, tmp_path, capsys):
-    code = main(["--store", kits_store, "--dataset", "kits", "--init", pretrained, "--output",
-                 str(tmp_path / "ft"), "--preset", "tiny", "--set", "intensity.hu_window=[-100,200]"])
+def test_cli_exits_2_on_contract_mismatch(kits_store, pretrained_zscore, tmp_path, capsys):
+    code = main(["--store", kits_store, "--dataset", "kits", "--init", pretrained_zscore, "--output",
+                 str(tmp_path / "ft"), "--preset", "tiny", "--set", "intensity.hu_window=[-100,200]",
+                 "--set", "intensity.normalisation=zscore"])
     assert code == EXIT_USAGE
     assert "intensity.hu_window" in capsys.readouterr().err
     assert not (tmp_path / "ft" / "checkpoints").exists()

@@ -47,7 +47,7 @@ def test_evaluate_refuses_a_dataset_with_another_spacing(trained, tmp_path):
 
 def test_cli_finetune_evaluate_predict(kits_store, tmp_path, capsys):
     run = tmp_path / "run"
-    sets = [a for s in [*SMALL_PATCH, "finetune.eval_every=2", "train.log_every=1"] for a in ("--set", s)]
+    sets = [a for s in [*SMALL_PATCH, "finetune.eval_every=2", "finetune.log_every=1"] for a in ("--set", s)]
     code = pgl(["finetune", "--store", kits_store, "--dataset", "kits", "--output", str(run), "--preset", "tiny",
                 "--steps", "2", "--labelled", "2", *sets])
     assert code == 0, capsys.readouterr().err

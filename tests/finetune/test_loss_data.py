@@ -59,22 +59,6 @@ def test_stream_is_deterministic_and_resumable(kits_store):
     assert not torch.equal(other["image"], first[0]["image"])
 
 
-def test_device_augmentation_flips_image_and_label_together():
-    from pgl_core.config import load_config
-    from pgl_core.seg_data import augment_batch
-
-    cfg = load_config(preset="tiny", overrides=["views.noise_p=0", "views.blur_p=0", "views.contrast_p=0",
-                                                 "views.gamma_p=0"])
-    label = torch.randint(0, 3, (8, 4, 6, 5))
-    image = label[:, None].float()
-    out_image, out_label = augment_batch(image, label, cfg, torch.Generator().manual_seed(0))
-    assert torch.equal(out_image[:, 0], out_label.float())
-    assert not torch.equal(out_label, label)  # some samples were flipped
-    noisy, _ = augment_batch(image, label, load_config(preset="tiny", overrides=["views.noise_p=1"]),
-                             torch.Generator().manual_seed(0))
-    assert not torch.allclose(noisy, out_image)
-
-
 @pytest.mark.slow
 def test_worker_processes_deliver_the_same_batches(kits_store):
     from pgl_core.data import make_loader

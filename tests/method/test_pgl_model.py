@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from pgl_core.config import PGLConfig, load_config
+from pgl_core.levels import resolve_local_levels
 from pgl_core.model import ResidualUNet, SegmentationUNet, load_pretrained
 from pgl_core.pgl import PGLModel
 from pgl_core.views import ViewParams, render_views, sample_views
@@ -14,7 +15,7 @@ SOURCE = (30, 52, 52)
 
 
 def _cfg(*overrides: str) -> PGLConfig:
-    return load_config(preset="tiny", overrides=list(overrides))
+    return resolve_local_levels(load_config(preset="tiny", overrides=list(overrides)))
 
 
 def _batch(cfg: PGLConfig, batch: int = 2, seed: int = 0):
@@ -129,7 +130,7 @@ def test_backbone_strides_and_paper_size():
 def test_bad_shapes_are_refused():
     cfg = _cfg()
     with pytest.raises(ValueError, match="divisible"):
-        PGLModel(cfg.model, cfg.loss, (10, 32, 32))
+        PGLModel(cfg.model, cfg.loss, (9, 32, 32))
     model = _model(cfg)
     a, b, p = _batch(cfg)
     with pytest.raises(ValueError, match=r"\(16, 32, 32\)"):

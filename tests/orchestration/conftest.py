@@ -10,7 +10,7 @@ from storage.phantoms import write_dataset
 
 SHAPE = (32, 64, 64)
 # The smallest run that still exercises every stage: a few steps, validation once.
-TINY = ["train.steps=3", "train.log_every=1", "finetune.steps=3", "finetune.eval_every=3"]
+TINY = ["train.steps=3", "train.log_every=1", "finetune.steps=3", "finetune.eval_every=3", "finetune.log_every=1"]
 
 
 @pytest.fixture(scope="session")

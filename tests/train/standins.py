@@ -97,9 +97,10 @@ def _sample_views(volume_shape, config, generator, batch):
     return sample_views(volume_shape, config, generator, batch)
 
 
-def _render_views(volumes, params, intensity=True, config=None, generator=None):
+def _render_views(volumes, params, intensity=True, config=None, generator=None, units_per_hu=1.0):
     from pgl_core.views import render_views
-    return render_views(volumes, params, intensity=intensity, config=config, generator=generator)
+    return render_views(volumes, params, intensity=intensity, config=config, generator=generator,
+                        units_per_hu=units_per_hu)
 
 
 def _source_shape(views) -> tuple[int, int, int]:
@@ -123,7 +124,7 @@ def tiny_config(*overrides: str) -> PGLConfig:
     """The tiny preset, patch 8x16x16, 8 steps, with ``overrides``."""
     base = ["views.patch_vox=[8,16,16]", "train.steps=8", "train.batch_size=4", "train.log_every=2",
             "train.checkpoint_every_steps=4", "train.keep_checkpoints=5", "optim.warmup_steps=2",
-            "train.loader_workers=0"]
+            "train.loader_workers=0", "intensity.normalisation=zscore"]  # in-memory stores: no body stats
     return load_config(preset="tiny", overrides=base + list(overrides))
 
 

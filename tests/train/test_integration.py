@@ -47,7 +47,9 @@ def test_run_pretraining_real_model_and_store(store_root, tmp_path):
     contract = load_contract(str(tmp_path / "run"))
     assert set(contract.datasets) == {"dsa", "dsb"} and all(len(h) == 64 for h in contract.datasets.values())
     assert contract.spacing_mm == [0.8, 0.8, 2.5] and contract.patch_vox == [8, 16, 16]
-    assert contract.normalisation["kind"] == "zscore" and contract.normalisation["std_hu"] > 0
+    assert contract.normalisation["kind"] == "foreground" and contract.normalisation["std_hu"] > 0
+    lo, hi = contract.hu_window  # the body voxels' 0.5 / 99.5 percentiles, not the config's window
+    assert -500 <= lo < 0 < hi and [lo, hi] != [-1024.0, 325.0]
     enc = load_encoder_state(str(tmp_path / "run"))
     state, _ = ckpt.load_latest(str(tmp_path / "run"))
     online = {k.removeprefix("online.backbone."): v for k, v in state["model"].items()
