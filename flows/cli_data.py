@@ -18,6 +18,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="Volume size in voxels (default 64,128,128).")
     p.add_argument("--seed", type=int, default=0, help="Random seed (default 0).")
     p.add_argument("--format", default="nifti", help="nifti, dicom or nifti,dicom (default nifti).")
+    p.add_argument("--phase", default="portal_venous", choices=["portal_venous", "non_contrast"],
+                   help="Contrast phase of the attenuation values (default portal_venous, like most public "
+                   "abdominal CT segmentation sets).")
     p.set_defaults(handler="flows.commands:cmd_phantoms")
 
     p = sub.add_parser("preprocess", help="Convert raw CT (MSD, volume folder, DICOM tree) to a Zarr dataset.",

@@ -24,7 +24,7 @@ def _split(text: str) -> list[str]:
 
 
 def make_phantoms(out: str, kinds: list[str], cases: int, shape: tuple[int, int, int], seed: int,
-                  formats: tuple[str, ...]) -> list[dict]:
+                  formats: tuple[str, ...], phase: str = "portal_venous") -> list[dict]:
     """Write one phantom dataset per kind under ``out``; returns the writers' summaries."""
     unknown = [k for k in kinds if k not in KINDS]
     if unknown:
@@ -36,13 +36,13 @@ def make_phantoms(out: str, kinds: list[str], cases: int, shape: tuple[int, int,
     with tqdm(total=len(kinds) * cases, desc="phantoms", unit="case") as bar:
         for i, kind in enumerate(kinds):
             summaries.append(write_dataset(out, kind, cases, seed=seed + 1000 * i, shape_zyx=shape,
-                                           formats=formats, progress=lambda n: bar.update(1)))
+                                           formats=formats, phase=phase, progress=lambda n: bar.update(1)))
     return summaries
 
 
 def cmd_phantoms(args: argparse.Namespace) -> int:
     summaries = make_phantoms(args.out, _split(args.kinds), args.cases, args.shape, args.seed,
-                              tuple(_split(args.format)))
+                              tuple(_split(args.format)), args.phase)
     for s in summaries:
         print(f"wrote {s}")
     return EXIT_OK

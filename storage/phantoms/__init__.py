@@ -47,11 +47,13 @@ def generate_case(
     oblique: bool | None = None,
     ras: bool | None = None,
     descending: bool | None = None,
+    phase: str = "portal_venous",
 ) -> tuple[Volume, Volume | None]:
     """One phantom case: ``(image, label)``; image int16 HU (z, y, x), label uint8 with values of
     ``KINDS[kind]`` on the same grid, None for "pool". Acquisition parameters left as None are
     drawn from ``seed``; ``spacing_mm`` is (x, y, z). The same seed gives identical arrays and the
-    same anatomy whatever the kind or the acquisition overrides."""
+    same anatomy whatever the kind, the acquisition overrides or the contrast ``phase``
+    ("portal_venous", the default, or "non_contrast"; HU per phase in ``anatomy.PHASE_HU``)."""
     case = render_case(kind, seed, shape_zyx, spacing_mm=spacing_mm, oblique=oblique, ras=ras,
-                       descending=descending)
+                       descending=descending, phase=phase)
     return case.image, case.label

@@ -24,7 +24,16 @@ TISSUES: tuple[str, ...] = (
 )
 TISSUE_ID: dict[str, int] = {name: i for i, name in enumerate(TISSUES)}
 
-# Mean Hounsfield units (unenhanced-like); each case jitters them by a few HU.
+# Mean Hounsfield units per contrast phase; each case jitters them by a few HU.
+# Most public abdominal CT segmentation sets (BTCV, LiTS, KiTS, MSD) are contrast-enhanced,
+# mostly portal-venous, so that is the default phase. Sources for the values (adult, ~70 s after
+# an iodinated bolus): Bae KT, "Intravenous contrast medium administration and scan timing at CT:
+# considerations and approaches", Radiology 2010;256(1):32-61 (aorta, portal venous and hepatic
+# enhancement curves); Heiken JP et al., "Dynamic incremental CT: effect of volume and
+# concentration of contrast material and patient weight on hepatic enhancement", Radiology
+# 1995;195(2):353-357 (hepatic enhancement of ~50 HU above the unenhanced ~55-65 HU). Unenhanced
+# values: liver 55-65, spleen 45-50, kidney 30-40, muscle 40-60, fat -100, blood 40-45 HU.
+PHASES = ("portal_venous", "non_contrast")
 BASE_HU: dict[str, float] = {
     "air": -1000.0, "subcutaneous_fat": -100.0, "muscle": 50.0, "visceral_fat": -90.0, "lung": -850.0,
     "heart": 40.0, "bowel_wall": 40.0, "bowel_fluid": 15.0, "gas": -1000.0, "stool": -60.0, "aorta": 45.0,
@@ -32,6 +41,27 @@ BASE_HU: dict[str, float] = {
     "kidney_medulla": 32.0, "kidney_cortex": 45.0, "liver": 60.0, "gallbladder": 8.0,
     "bone_cancellous": 330.0, "bone_cortical": 1000.0, "disc": 80.0, "spinal_canal": 15.0,
 }
+# Portal-venous phase: what contrast changes (the rest as unenhanced). Liver ~105 (enhancement
+# ~50 HU), spleen ~115 (homogeneous by 70 s), kidneys cortex ~160 / medulla ~130 (late
+# corticomedullary to nephrographic), aorta ~165 and IVC ~135 (venous return), heart blood pool
+# ~160, enhancing bowel / stomach walls ~95, muscle ~60.
+PORTAL_VENOUS_HU: dict[str, float] = {
+    **BASE_HU, "liver": 105.0, "spleen": 115.0, "kidney_cortex": 160.0, "kidney_medulla": 130.0,
+    "aorta": 165.0, "inferior_vena_cava": 135.0, "heart": 160.0, "bowel_wall": 95.0, "stomach_wall": 95.0,
+    "muscle": 60.0,
+}
+PHASE_HU = {"portal_venous": PORTAL_VENOUS_HU, "non_contrast": BASE_HU}
+# Lesions (mean HU range, necrotic core range): liver metastases are hypoattenuating against the
+# enhanced parenchyma; renal cell carcinoma enhances heterogeneously around a necrotic core.
+TUMOUR_HU = {"portal_venous": {"liver": (55.0, 75.0), "kidney": ((90.0, 130.0), (10.0, 25.0))},
+             "non_contrast": {"liver": (20.0, 40.0), "kidney": ((30.0, 50.0), (5.0, 20.0))}}
+
+
+def check_phase(phase: str) -> str:
+    """``phase`` if it is a known contrast phase, else ValueError naming the choices."""
+    if phase not in PHASES:
+        raise ValueError(f"unknown contrast phase {phase!r}; choose from {PHASES}")
+    return phase
 
 
 @dataclass(frozen=True)
@@ -157,8 +187,8 @@ def _loops(rng: np.random.Generator) -> list[Loop]:
     return loops
 
 
-def _hu(rng: np.random.Generator) -> dict[str, float]:
-    hu = {k: v + float(rng.uniform(-3, 3)) for k, v in BASE_HU.items()}
+def _hu(rng: np.random.Generator, phase: str) -> dict[str, float]:
+    hu = {k: v + float(rng.uniform(-3, 3)) for k, v in PHASE_HU[check_phase(phase)].items()}
     hu["air"], hu["gas"] = -1000.0, -1000.0
     hu["bone_cancellous"] = float(rng.uniform(300, 420))
     hu["bone_cortical"] = float(rng.uniform(850, 1150))
@@ -166,8 +196,9 @@ def _hu(rng: np.random.Generator) -> dict[str, float]:
     return hu
 
 
-def draw_anatomy(rng: np.random.Generator) -> Anatomy:
-    """Draw one case's anatomy. The body frame sits at a random table position in physical space."""
+def draw_anatomy(rng: np.random.Generator, phase: str = "portal_venous") -> Anatomy:
+    """Draw one case's anatomy in a contrast ``phase`` (:data:`PHASES`). The body frame sits at a
+    random table position in physical space; the phase changes HU only, never shapes."""
     body = Body(
         a_mm=float(rng.uniform(148, 172)), b_mm=float(rng.uniform(112, 128)),
         fat_mm=float(rng.uniform(10, 28)), muscle_mm=float(rng.uniform(9, 14)),
@@ -191,8 +222,8 @@ def draw_anatomy(rng: np.random.Generator) -> Anatomy:
                     float(rng.uniform(30, 35)), float(rng.uniform(5, 8)), float(rng.uniform(0, 30))),
         ribs=Ribs(float(rng.uniform(10, 30)), float(rng.uniform(24, 29)), 7, float(rng.uniform(40, 60)), (5, 7)),
         loops=_loops(rng),
-        hu=_hu(rng),
-        textures={"organ": random_waves(rng, 4, (25, 60), 4.0), "lung": random_waves(rng, 5, (6, 20), 40.0),
+        hu=_hu(rng, phase),
+        textures={"organ": random_waves(rng, 4, (25, 60), 4.0), "organ_fine": random_waves(rng, 6, (5, 12), 6.0), "lung": random_waves(rng, 5, (6, 20), 40.0),
                   "stool": random_waves(rng, 6, (5, 12), 80.0)},
     )
 
@@ -204,24 +235,25 @@ def _inside_point(rng: np.random.Generator, blob: Blob, depth: tuple[float, floa
     return blob.centre_mm + blob.rotation @ (blob.radii_mm * u * rng.uniform(*depth))
 
 
-def liver_tumours(rng: np.random.Generator, anatomy: Anatomy) -> list[Tumour]:
-    """1-3 hypodense liver lesions (20-40 HU) inside the main liver lobe."""
+def liver_tumours(rng: np.random.Generator, anatomy: Anatomy, phase: str = "portal_venous") -> list[Tumour]:
+    """1-3 hypoattenuating liver lesions (:data:`TUMOUR_HU`) inside the main liver lobe."""
     out = []
     for _ in range(int(rng.integers(1, 4))):
         centre = _inside_point(rng, anatomy.organs["liver"][0], (0.0, 0.55))
         r = rng.uniform(8, 25)
         blob = random_blob(rng, tuple(centre), (r, r, r), pos_sd_mm=0, size_jitter=0.2, roughness=0.1)
-        out.append(Tumour(blob, "liver_tumour", ("liver",), float(rng.uniform(20, 40)),
+        out.append(Tumour(blob, "liver_tumour", ("liver",), float(rng.uniform(*TUMOUR_HU[phase]["liver"])),
                           random_waves(rng, 3, (6, 15), 5.0)))
     return out
 
 
-def kidney_tumours(rng: np.random.Generator, anatomy: Anatomy) -> list[Tumour]:
+def kidney_tumours(rng: np.random.Generator, anatomy: Anatomy, phase: str = "portal_venous") -> list[Tumour]:
     """One heterogeneous renal mass bulging from a kidney's surface, with a necrotic core."""
     side = "kidney_left" if rng.random() < 0.5 else "kidney_right"
     centre = _inside_point(rng, anatomy.organs[side][0], (0.6, 0.9))
     r = rng.uniform(12, 30)
     blob = random_blob(rng, tuple(centre), (r, r, r), pos_sd_mm=0, size_jitter=0.2, roughness=0.15)
     host = ("kidney_left", "kidney_right", "visceral_fat", "bowel", "colon", "muscle")
-    return [Tumour(blob, "kidney_tumour", host, float(rng.uniform(30, 50)),
-                   random_waves(rng, 6, (5, 14), 25.0), necrotic_hu=float(rng.uniform(5, 20)))]
+    solid, necrotic = TUMOUR_HU[phase]["kidney"]
+    return [Tumour(blob, "kidney_tumour", host, float(rng.uniform(*solid)),
+                   random_waves(rng, 6, (5, 14), 25.0), necrotic_hu=float(rng.uniform(*necrotic)))]

@@ -67,14 +67,14 @@ def paint_volume(anatomy: Anatomy, grid: Grid, slab_voxels: int = 2**18) -> tupl
     return hu, tissue
 
 
-def _with_tumours(kind: str, anatomy: Anatomy, rng: np.random.Generator) -> Anatomy:
+def _with_tumours(kind: str, anatomy: Anatomy, rng: np.random.Generator, phase: str) -> Anatomy:
     p_liver, p_kidney = TUMOUR_PROBABILITY[kind]
     has_liver, has_kidney = rng.random() < p_liver, rng.random() < p_kidney
     tumours = []
     if has_liver:
-        tumours += liver_tumours(rng, anatomy)
+        tumours += liver_tumours(rng, anatomy, phase)
     if has_kidney:
-        tumours += kidney_tumours(rng, anatomy)
+        tumours += kidney_tumours(rng, anatomy, phase)
     return replace(anatomy, tumours=tumours)
 
 
@@ -86,18 +86,20 @@ def render_case(
     oblique: bool | None = None,
     ras: bool | None = None,
     descending: bool | None = None,
+    phase: str = "portal_venous",
 ) -> PhantomCase:
     """Generate one case with its internals (tissue map, parameters); see ``generate_case``."""
     check_kind(kind)
     if len(shape_zyx) != 3 or min(shape_zyx) < 1:
         raise ValueError(f"shape_zyx must be 3 positive sizes (z, y, x), got {shape_zyx!r}")
     anat_ss, tumour_ss, acq_ss, noise_ss = np.random.SeedSequence(int(seed)).spawn(4)
-    anatomy = _with_tumours(kind, draw_anatomy(np.random.default_rng(anat_ss)), np.random.default_rng(tumour_ss))
+    anatomy = _with_tumours(kind, draw_anatomy(np.random.default_rng(anat_ss), phase),
+                            np.random.default_rng(tumour_ss), phase)
     acq = draw_acquisition(np.random.default_rng(acq_ss), tuple(shape_zyx), anatomy.centre_mm,
                            spacing_mm=spacing_mm, oblique=oblique, ras=ras, descending=descending)
     hu, tissue = paint_volume(anatomy, acq.grid(anatomy.centre_mm))
     pixels = scan(hu, acq, np.random.default_rng(noise_ss))
-    meta = {"phantom_kind": kind, "phantom_seed": int(seed), **acq.summary()}
+    meta = {"phantom_kind": kind, "phantom_seed": int(seed), "phantom_phase": phase, **acq.summary()}
     image = Volume(pixels, acq.spacing_mm, acq.origin_mm, acq.direction, meta=meta)
     label = None
     if KINDS[kind]:

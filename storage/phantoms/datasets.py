@@ -56,8 +56,10 @@ def write_dataset(
     formats: tuple[str, ...] = ("nifti",),
     name: str | None = None,
     progress: Callable[[int], None] | None = None,
+    phase: str = "portal_venous",
 ) -> dict:
-    """Generate ``n_cases`` phantoms of ``kind`` and write them (see module doc for the layout).
+    """Generate ``n_cases`` phantoms of ``kind`` in contrast ``phase`` and write them (see module doc
+    for the layout).
 
     ``progress`` is called with the number of cases finished after each case. Returns a summary:
     ``{"name", "kind", "folders": {format: path}, "cases": [ids], "case_seeds": {id: seed},
@@ -72,7 +74,7 @@ def write_dataset(
     cases, seeds, entries = [], {}, []
     for i in range(n_cases):
         case_id, cs = f"{kind}_{i:04d}", case_seed(seed, kind, i)
-        phantom = render_case(kind, cs, tuple(shape_zyx))
+        phantom = render_case(kind, cs, tuple(shape_zyx), phase=phase)
         image, label = phantom.image, phantom.label
         if "nifti" in folders:
             entries.append(_write_nifti_case(folders["nifti"], case_id, image, label))
@@ -86,7 +88,8 @@ def write_dataset(
     if "nifti" in folders:
         _write_json(folders["nifti"], name, kind, seed, shape_zyx, seeds, entries)
     return {"name": name, "kind": kind, "folders": folders, "cases": cases, "case_seeds": seeds,
-            "labels": dict(KINDS[kind]), "n_cases": n_cases, "seed": int(seed), "shape_zyx": tuple(shape_zyx)}
+            "labels": dict(KINDS[kind]), "n_cases": n_cases, "seed": int(seed), "shape_zyx": tuple(shape_zyx),
+            "phase": phase}
 
 
 def _write_json(folder: str, name: str, kind: str, seed: int, shape_zyx: tuple[int, int, int],

@@ -155,7 +155,8 @@ def paint_organs(cv: Canvas, an: Anatomy) -> None:
             elif name == "gallbladder":
                 cv.paint(block, inside, name, an.hu[name])
             else:
-                cv.paint(block, inside, name, _F(an.hu[name]) + an.textures["organ"](x, y, z))
+                texture = an.textures["organ"](x, y, z) + an.textures["organ_fine"](x, y, z)
+                cv.paint(block, inside, name, _F(an.hu[name]) + texture)
 
 
 def paint_tumour(cv: Canvas, tumour: Tumour) -> None:

@@ -33,6 +33,11 @@ def tissue_hu(case, name: str, erode: int = 1) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def btcv_case():
+    return render_case("btcv", 11, (64, 128, 128), oblique=False, phase="non_contrast")
+
+
+@pytest.fixture(scope="module")
+def btcv_pv_case():
     return render_case("btcv", 11, (64, 128, 128), oblique=False)
 
 
@@ -44,6 +49,23 @@ def btcv_case():
 def test_tissue_means_are_realistic(btcv_case, tissue, lo, hi):
     mean = tissue_hu(btcv_case, tissue).mean()
     assert lo <= mean <= hi, f"{tissue} mean {mean:.1f} HU outside [{lo}, {hi}]"
+
+
+@pytest.mark.parametrize(
+    ("tissue", "lo", "hi"),
+    [("liver", 95, 115), ("spleen", 105, 125), ("kidney_left", 125, 165), ("aorta", 150, 180),
+     ("subcutaneous_fat", -115, -85), ("muscle", 50, 70)],
+)
+def test_portal_venous_phase_is_the_default_and_enhances(btcv_pv_case, tissue, lo, hi):
+    mean = tissue_hu(btcv_pv_case, tissue).mean()
+    assert lo <= mean <= hi, f"{tissue} mean {mean:.1f} HU outside [{lo}, {hi}] (portal venous)"
+
+
+def test_phase_changes_values_not_anatomy(btcv_case, btcv_pv_case):
+    assert np.array_equal(btcv_case.tissue, btcv_pv_case.tissue)
+    assert tissue_hu(btcv_pv_case, "liver").mean() > tissue_hu(btcv_case, "liver").mean() + 30
+    with pytest.raises(ValueError, match="phase"):
+        render_case("btcv", 11, (8, 16, 16), phase="arterial-ish")
 
 
 def test_bone_is_bright_with_a_brighter_cortex(btcv_case):
@@ -83,7 +105,7 @@ def test_liver_tumours_are_hypodense_and_labelled():
     assert tumour.sum() > 10
     tumour_mean = case.image.array[tumour].mean()
     liver_mean = case.image.array[ndimage.binary_erosion(label == 1)].mean()
-    assert 15 <= tumour_mean <= 45 and tumour_mean < liver_mean - 10
+    assert 50 <= tumour_mean <= 80 and tumour_mean < liver_mean - 20  # hypoattenuating in the portal venous phase
 
 
 def test_kidney_tumour_is_heterogeneous_and_labelled():
