@@ -162,6 +162,10 @@ class TrainConfig(_Section):
     max_consecutive_nonfinite: int = Field(
         10, ge=1, description="Abort after this many consecutive steps with a non-finite loss."
     )
+    probe_every: int = Field(
+        50, ge=0, description="Steps between dense-correspondence probes (pgl_core.probe: true vs "
+        "permuted pairs on held-out views, logged as probe_*); 0 = off.")
+    probe_pairs: int = Field(8, ge=1, description="Held-out view pairs the probe encodes.")
 
 
 class PGLConfig(_Section):

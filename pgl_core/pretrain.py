@@ -89,6 +89,7 @@ class PretrainResult:
     encoder_uri: str | None = None
     contract_uri: str | None = None
     history: list[dict[str, float]] = field(default_factory=list)
+    probe_history: list[dict[str, float]] = field(default_factory=list)
 
 
 class _StopFlag:
@@ -269,6 +270,10 @@ def _loop(cfg: PGLConfig, world: dist_utils.WorldInfo, comps: Components, raw: n
     sampler = CropSampler(len(cases), t.crops_per_volume, world.rank, world.world_size, t.seed)
     size_vox = tuple(comps.source_shape(cfg.views))
     stream = CropStream(store_list, cases, sampler, batch, size_vox, start_batch=step)
+    res_history: list[dict[str, float]] = []
+    probe = _probe(cfg, world, comps, raw, store_list, cases, norm, sink, res_history)
+    if probe is not None and step == 0:
+        probe(0)  # the random-init baseline the later probes are read against
     loader = make_loader(stream, t.loader_workers, pin_memory=world.device.type == "cuda")
     it: Iterator = iter(loader)
     amp = _amp_dtype(cfg.train.amp, world.device)
@@ -321,6 +326,8 @@ def _loop(cfg: PGLConfig, world: dist_utils.WorldInfo, comps: Components, raw: n
             res.step, res.skipped_steps, res.last_loss = step, skipped, float(losses[0])
             if step % t.log_every == 0 or step == end:
                 _log_window(win, step, optimizer, tau, skipped, batch * world.world_size, sink, res)
+            if probe is not None and (step % t.probe_every == 0 or step == end):
+                probe(step)
             if stop_now or due_now or step % t.checkpoint_every_steps == 0 or step == end:
                 res.checkpoint_uri = _save(raw, optimizer, step, skipped, sampler, batch, cfg, output_uri,
                                            storage_options)
@@ -330,7 +337,32 @@ def _loop(cfg: PGLConfig, world: dist_utils.WorldInfo, comps: Components, raw: n
                 break
     if res.status != "preempted" and step < total:
         res.status = "stopped"
+    res.probe_history = res_history
     return res
+
+
+def _probe(cfg: PGLConfig, world: dist_utils.WorldInfo, comps: Components, raw: nn.Module, store_list: list,
+           cases: list, norm: IntensityNorm, sink: MetricsSink, history: list) -> Callable[[int], None] | None:
+    """Rank 0's progress probe (:mod:`pgl_core.probe`) as ``probe(step)``; None when off or when the
+    model has no ResidualUNet backbone (stand-ins)."""
+    from pgl_core.probe import build_probe_set, probe_stage, run_probe
+
+    online = getattr(raw, "online", None)
+    backbone = online["backbone"] if isinstance(online, nn.ModuleDict) and "backbone" in online else None
+    if not world.is_main or cfg.train.probe_every <= 0 or not hasattr(backbone, "encode"):
+        return None
+    probe_set = build_probe_set(store_list, cases, cfg, norm, world.device, comps.render_views, comps.sample_views,
+                                comps.source_shape)
+    stage = probe_stage(cfg.model)
+
+    def probe(step: int) -> None:
+        t0 = time.perf_counter()
+        scores = run_probe(backbone, probe_set, stage)
+        scores["probe_ms"] = 1000.0 * (time.perf_counter() - t0)  # its cost, to keep it bounded
+        sink.log_metrics(step, scores)
+        history.append({"step": float(step), **scores})
+
+    return probe
 
 
 def _log_window(win: dict, step: int, optimizer: torch.optim.Optimizer, tau: float, skipped: int,

@@ -3,6 +3,8 @@ the ``python -m pgl_core.pretrain`` CLI (exit codes, SIGTERM, torchrun), and che
 
 from __future__ import annotations
 
+import json
+
 import os
 import signal
 import socket
@@ -41,9 +43,14 @@ def test_single_process_world_without_torchrun_env(monkeypatch):
 
 
 def test_run_pretraining_real_model_and_store(store_root, tmp_path):
-    cfg = load_config(preset="tiny", overrides=SMALL + ["train.steps=3"])
+    cfg = load_config(preset="tiny", overrides=SMALL + ["train.steps=3", "train.probe_every=2"])
     res = run_pretraining(cfg, store_root, ["dsa", "dsb"], str(tmp_path / "run"))
     assert res.status == "completed" and res.step == 3
+    # the progress probe ran at step 0 (baseline), every 2 steps and at the end, through the sink
+    assert [h["step"] for h in res.probe_history] == [0.0, 2.0, 3.0]
+    assert all(set(h) >= {"probe_gap", "probe_nn_acc", "probe_true_dist"} for h in res.probe_history)
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert any("probe_gap" in row for row in logged)
     contract = load_contract(str(tmp_path / "run"))
     assert set(contract.datasets) == {"dsa", "dsb"} and all(len(h) == 64 for h in contract.datasets.values())
     assert contract.spacing_mm == [0.8, 0.8, 2.5] and contract.patch_vox == [8, 16, 16]
