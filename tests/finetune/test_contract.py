@@ -4,6 +4,8 @@ completely or not at all, and a pretrained init really changes the starting weig
 from __future__ import annotations
 
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -52,7 +54,7 @@ def test_spacing_mismatch_names_field_values_and_fix(tmp_path, pretrained):
 @pytest.fixture(scope="module")
 def pretrained_zscore(kits_store, tmp_path_factory) -> str:
     return write_pretrain_output(str(tmp_path_factory.mktemp("prez") / "run"), kits_store, "kits",
-                                 cfg=tiny_cfg("intensity.normalisation=zscore"))
+                                 cfg=tiny_cfg("intensity.normalisation=zscore", "intensity.hu_window=[-1024,325]"))
 
 
 def test_hu_window_normalisation_and_architecture_mismatches(kits_store, pretrained, pretrained_zscore):
@@ -64,11 +66,14 @@ def test_hu_window_normalisation_and_architecture_mismatches(kits_store, pretrai
     assert "--set intensity.hu_window=[-1024.0,325.0]" in str(err.value)
     assert "--set model.norm=\"instance\"" in str(err.value)
     # a foreground norm takes its clip range from the pretraining data: only the kind must match
+    fg = write_pretrain_output(str(Path(pretrained).parent / "fg"), kits_store, "kits",
+                               cfg=tiny_cfg("intensity.normalisation=foreground"))
     with pytest.raises(ContractMismatch) as err:
         prepare_run(tiny_cfg("intensity.hu_window=[-200,300]", "intensity.normalisation=zscore"),
-                    _store(kits_store), "kits", pretrained, None, None)
+                    _store(kits_store), "kits", fg, None, None)
     assert [p[0] for p in err.value.problems] == ["intensity.normalisation"]
-    prepare_run(tiny_cfg("intensity.hu_window=[-200,300]"), _store(kits_store), "kits", pretrained, None, None)
+    prepare_run(tiny_cfg("intensity.hu_window=[-200,300]", "intensity.normalisation=foreground"),
+                _store(kits_store), "kits", fg, None, None)
 
 
 def test_missing_and_unexpected_keys_are_listed(pretrained):

@@ -59,7 +59,7 @@ def test_foreground_norm_uses_body_voxels_not_air():
     assert pooled["n_vox"] == a["n_vox"] + b["n_vox"]
     lo, hi, mean, std = body_norm_stats([pooled], (0.5, 99.5))
     assert -130 < lo < -90 and 40 < hi < 720  # air is not part of the range
-    norm = resolve_norm(IntensityConfig(), {"d": {"stats": {"body": pooled}}})
+    norm = resolve_norm(IntensityConfig(normalisation="foreground"), {"d": {"stats": {"body": pooled}}})
     assert norm.kind == "foreground" and norm.hu_window == (lo, hi)
     soft, fat = norm.apply(torch.tensor([50.0])), norm.apply(torch.tensor([-100.0]))
     old = resolve_norm(IntensityConfig(normalisation="zscore"),
@@ -73,4 +73,4 @@ def test_foreground_norm_uses_body_voxels_not_air():
 
 def test_foreground_norm_refuses_stores_without_body_stats():
     with pytest.raises(ValueError, match="body statistics.*--force"):
-        resolve_norm(IntensityConfig(), {"old": {"stats": {"mean_hu": 0.0, "std_hu": 1.0}}})
+        resolve_norm(IntensityConfig(normalisation="foreground"), {"old": {"stats": {"mean_hu": 0.0, "std_hu": 1.0}}})

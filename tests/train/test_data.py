@@ -103,14 +103,15 @@ def test_intensity_norm_pools_stats_and_applies_window():
     mean, std = pool_stats(stats)
     assert mean == pytest.approx(-50.0)
     assert std == pytest.approx(np.sqrt(100 + 0.75 * 50**2 + 0.25 * 150**2))
-    norm = resolve_norm(IntensityConfig(normalisation="zscore"), {"a": {"stats": stats[0]}, "b": {"stats": stats[1]}})
+    norm = resolve_norm(IntensityConfig(normalisation="zscore", hu_window=(-1024, 325)),
+                        {"a": {"stats": stats[0]}, "b": {"stats": stats[1]}})
     x = torch.tensor([-3000, -50, 5000], dtype=torch.int16)
     y = norm.apply(x)
     assert y.dtype == torch.float32
     assert torch.allclose(y, (torch.tensor([-1024.0, -50.0, 325.0]) + 50.0) / std)
     over = resolve_norm(IntensityConfig(normalisation="zscore", mean_hu=0.0, std_hu=2.0), {})
     assert over.mean_hu == 0.0 and over.std_hu == 2.0
-    mm = resolve_norm(IntensityConfig(normalisation="minmax"), {})
+    mm = resolve_norm(IntensityConfig(normalisation="minmax", hu_window=(-1024, 325)), {})
     assert torch.allclose(mm.apply(x), torch.tensor([0.0, 974 / 1349, 1.0]))
     with pytest.raises(ValueError, match="mean_hu"):
         resolve_norm(IntensityConfig(normalisation="zscore"), {"a": {"stats": {}}})

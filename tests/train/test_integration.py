@@ -43,7 +43,8 @@ def test_single_process_world_without_torchrun_env(monkeypatch):
 
 
 def test_run_pretraining_real_model_and_store(store_root, tmp_path):
-    cfg = load_config(preset="tiny", overrides=SMALL + ["train.steps=3", "train.probe_every=2"])
+    cfg = load_config(preset="tiny", overrides=SMALL + ["train.steps=3", "train.probe_every=2",
+                                                        "intensity.normalisation=foreground"])
     res = run_pretraining(cfg, store_root, ["dsa", "dsb"], str(tmp_path / "run"))
     assert res.status == "completed" and res.step == 3
     # the progress probe ran at step 0 (baseline), every 2 steps and at the end, through the sink
