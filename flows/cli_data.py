@@ -40,16 +40,19 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("demo", help="Run the whole pipeline on synthetic phantoms, embedded (no services).",
                        description="Generate phantoms and run the pipeline flow on them with the embedded stack: "
-                       "preprocess, pretrain (PGL and BYOL), fine-tune every labelled dataset from PGL, BYOL and "
-                       "random init over 3 seeds, evaluate, register; prints the Dice table (results.json). "
-                       "About 10 minutes on 2 CPU cores. Everything stays under --workdir.")
+                       "preprocess, pretrain (PGL and BYOL), the supervised gate (random init, all labels), "
+                       "fine-tune PhantomLiTS and PhantomSpleen from PGL, BYOL and random init with 2 labelled "
+                       "cases over 2 seeds, evaluate, register; prints the gate, the Dice table and paired "
+                       "differences with 95%% intervals (results.json). About 8 minutes on 2 CPU cores. "
+                       "Everything stays under --workdir.")
     p.add_argument("--workdir", default="demo-work", help="Folder for everything the demo makes.")
     p.set_defaults(handler="flows.commands:cmd_demo")
 
     p = sub.add_parser("study", help="The PGL-versus-baselines study on phantoms at any size.",
-                       description="The demo's protocol (phantoms -> pipeline with an init x seed grid -> "
-                       "results.json: dataset -> init -> mean/std Dice) with every size a flag. Defaults are "
-                       "the demo's small form; see docs/study.md.")
+                       description="The demo's protocol (phantoms -> pipeline with the supervised gate and an "
+                       "init x seed grid -> results.json: gate, per-init Dice, paired differences with 95%% "
+                       "intervals, verdict) with every size a flag; see docs/study.md for the decisive CPU "
+                       "command.")
     p.add_argument("--workdir", default="study-work", help="Folder for everything the study makes.")
     p.add_argument("--shape", type=triple(int), default=(24, 48, 48), metavar="Z,Y,X", help="Phantom size.")
     p.add_argument("--cases", type=int, default=10, help="Cases per labelled dataset (default 10).")
@@ -57,7 +60,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--spacing", type=triple(float), default=(8.0, 8.0, 10.0), metavar="X,Y,Z",
                    help="One target spacing in mm for every dataset (default 8,8,10).")
     p.add_argument("--inits", default="pgl,global,random", help="Initialisations (default pgl,global,random).")
-    p.add_argument("--seeds", default="0,1,2", help="Fine-tuning seeds (default 0,1,2).")
+    p.add_argument("--seeds", default="0,1,2,3,4", help="Fine-tuning seeds (default 0,1,2,3,4).")
+    p.add_argument("--kinds", default="btcv,lits,kits,spleen",
+                   help="Labelled phantom kinds (default btcv,lits,kits,spleen; a pool is always made).")
+    p.add_argument("--no-gate", dest="gate", action="store_false", help="Skip the supervised gate.")
     p.add_argument("--labelled", type=float, help="Labelled training cases (count, or fraction < 1).")
     p.add_argument("--parallel", type=int, default=2, help="Fine-tunes at once (default 2).")
     p.add_argument("--preset", default="tiny", choices=["tiny", "paper"], help="Config preset (default tiny).")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from flows.commands import make_phantoms
 
-DEMO_KINDS = ["pool", "btcv", "lits", "kits", "spleen"]  # pool first
+DEMO_KINDS = ["lits", "spleen"]  # labelled kinds of the demo (a pool is always made)
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "deploy" / "configs" / "study-small.yaml"
 
 
@@ -31,7 +31,9 @@ class StudySpec:
     config: str | None = str(DEMO_CONFIG)
     overrides: list[str] = field(default_factory=list)
     inits: list[str] = field(default_factory=lambda: ["pgl", "global", "random"])
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    seeds: list[int] = field(default_factory=lambda: [0, 1])
+    kinds: list[str] = field(default_factory=lambda: list(DEMO_KINDS))
+    gate: bool = True
     labelled: float | None = None
     parallel: int | None = 2
     data_seed: int = 0
@@ -55,20 +57,21 @@ def run_demo(workdir: Path, spec: StudySpec | None = None) -> int:
     workdir = workdir.resolve()
     raw, store, output = workdir / "raw", workdir / "store", workdir / "runs"
     spec = spec or StudySpec()
-    print(f"[1/2] phantoms {spec.shape_zyx}: pool x {spec.pool_cases} + 4 labelled datasets x "
-          f"{spec.labelled_cases} -> {raw}")
+    print(f"[1/2] phantoms {spec.shape_zyx} (portal venous): pool x {spec.pool_cases} + {', '.join(spec.kinds)} "
+          f"x {spec.labelled_cases} -> {raw}")
     make_phantoms(str(raw), ["pool"], spec.pool_cases, spec.shape_zyx, seed=spec.data_seed, formats=("nifti",))
-    make_phantoms(str(raw), DEMO_KINDS[1:], spec.labelled_cases, spec.shape_zyx, seed=spec.data_seed + 1,
+    make_phantoms(str(raw), spec.kinds, spec.labelled_cases, spec.shape_zyx, seed=spec.data_seed + 1,
                   formats=("nifti",))
     print(f"[2/2] pipeline flow: preprocess -> pretrain ({', '.join(m for m in spec.inits if m != 'random')}) "
-          f"-> fine-tune {'/'.join(spec.inits)} x seeds {spec.seeds} + evaluate + register ({spec.preset} preset)")
+          f"-> {'gate + ' if spec.gate else ''}fine-tune {'/'.join(spec.inits)} x seeds {spec.seeds} + evaluate + "
+          f"register ({spec.preset} preset)")
     code = 0
     try:
         spacing = ",".join(str(v) for v in spec.spacing_mm)
         summary = pipeline_flow(str(raw), str(store), str(output), preset=spec.preset, config=spec.config,
                                 overrides=[f"preprocess.target_spacing_mm=[{spacing}]", *spec.overrides],
                                 inits=spec.inits, seeds=spec.seeds, labelled=spec.labelled,
-                                workdir=str(workdir), parallel=spec.parallel)
+                                workdir=str(workdir), parallel=spec.parallel, gate=spec.gate)
         lines = summary_lines(summary)
     except PipelineFailed as err:
         lines, code = [f"FAILED: {err}"], 1
@@ -77,7 +80,7 @@ def run_demo(workdir: Path, spec: StudySpec | None = None) -> int:
     print(f"\nfinished in {time.perf_counter() - t0:.0f} s; everything is under {workdir}")
     print(f"  store:     {store}   (one Zarr group per dataset; manifest.json in each)")
     print(f"  runs:      {output}   (pretrain-pgl/, finetune/DATASET/INIT-seedN/, stage.json markers)")
-    print(f"  results:   {workdir / 'results.json'}   (dataset -> init -> mean/std Dice over seeds)")
+    print(f"  results:   {workdir / 'results.json'}   (gate, datasets, paired 95% intervals, verdict)")
     print(f"  MLflow UI: mlflow ui --backend-store-uri sqlite:///{workdir / 'mlflow' / 'mlflow.db'}")
     for line in _registered_models(workdir):
         print(f"  model:     {line}")

@@ -112,6 +112,18 @@ def default_parallel(nproc: int) -> int:
     return max(1, (os.cpu_count() or 1) // 2)
 
 
+def study_results(items: list[dict[str, Any]], gate_items: list[dict[str, Any]]) -> dict[str, Any]:
+    """The study's results (:func:`pgl_core.study.results`) from finished fine-tune items."""
+    from pgl_core.study import results
+
+    def record(item: dict[str, Any]) -> dict[str, Any]:
+        return {"dataset": item["dataset"], "init": item["init_name"], "seed": item["seed"],
+                "per_class": item.get("per_class") or {}, "early_per_class": item.get("early_per_class") or {}}
+
+    return results([record(i) for i in items if i.get("per_class")],
+                   [record(i) for i in gate_items if i.get("per_class")])
+
+
 def summarise_results(items: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
     """dataset -> init -> {mean_dice, std_dice, n_seeds, dice_per_seed} over the finished items."""
     table: dict[str, dict[str, dict[int, float]]] = {}
@@ -152,8 +164,10 @@ def _write_results(results: dict[str, Any], output: str, workdir: str | None) ->
 def run_pipeline(input: str, store: str, output: str, cfg: PGLConfig, datasets: list[str] | None = None,
                  inits: list[str] = ("pgl",), seeds: list[int] = (0,), labelled: float | None = None,
                  stage_args: dict[str, Any] | None = None, parallel: int | None = None,
-                 workdir: str | None = None, force: bool = False) -> dict[str, Any]:
-    """Body of the pipeline flow. ``stage_args``: preset/config/overrides/nproc/... for every stage."""
+                 workdir: str | None = None, force: bool = False, gate: bool = False) -> dict[str, Any]:
+    """Body of the pipeline flow. ``stage_args``: preset/config/overrides/nproc/... for every stage.
+    ``gate``: also fine-tune each labelled dataset from random init with all its training labels
+    (the study's supervised gate, ``<output>/finetune/DATASET/gate-random``)."""
     from flows.tracking import start_run
 
     logger = get_run_logger()
@@ -173,9 +187,11 @@ def run_pipeline(input: str, store: str, output: str, cfg: PGLConfig, datasets: 
     try:
         encoders = _pretrain_all([m for m in ("pgl", "global") if m in inits], store, names, output, common,
                                  failures)
-        items = _finetune_grid(store, labelled_names, inits, seeds, encoders, output, labelled, common,
-                               parallel, failures)
-        results = summarise_results(items)
+        jobs = _finetune_grid(store, labelled_names, inits, seeds, encoders, output, labelled, common,
+                              parallel, failures, gate)
+        items = [i for i in jobs if not i.get("gate")]
+        gate_items = [i for i in jobs if i.get("gate")]
+        results = {**study_results(items, gate_items), "mean_dice_all_classes": summarise_results(items)}
         written = _write_results(results, output, workdir)
         with TRACKING_LOCK:
             parent.log_dict(results, "results.json", "results")
@@ -183,7 +199,7 @@ def run_pipeline(input: str, store: str, output: str, cfg: PGLConfig, datasets: 
     finally:
         with TRACKING_LOCK:
             parent.close("FAILED" if failures else "FINISHED")
-    summary = {"datasets": names, "labelled": labelled_names, "pretrain": encoders, "finetune": items,
+    summary = {"datasets": names, "labelled": labelled_names, "pretrain": encoders, "finetune": items + gate_items,
                "results": results, "results_files": written, "failures": failures, "run_id": parent.run_id,
                "tracking_uri": parent.tracking_uri}
     for line in summary_lines(summary):
@@ -195,7 +211,8 @@ def run_pipeline(input: str, store: str, output: str, cfg: PGLConfig, datasets: 
 
 def _finetune_grid(store: str, datasets: list[str], inits: list[str], seeds: list[int],
                    encoders: dict[str, dict[str, Any]], output: str, labelled: float | None,
-                   common: dict[str, Any], parallel: int | None, failures: list[str]) -> list[dict[str, Any]]:
+                   common: dict[str, Any], parallel: int | None, failures: list[str],
+                   gate: bool = False) -> list[dict[str, Any]]:
     nproc = int(common.get("nproc", 1))
     slots = parallel or default_parallel(nproc)
     ft_common = {k: v for k, v in common.items() if k not in ("steps", "mode")}
@@ -218,12 +235,21 @@ def _finetune_grid(store: str, datasets: list[str], inits: list[str], seeds: lis
                 fut = finetune_job.submit(store, dataset, init_name, init, int(seed), out,
                                           {**ft_common, "register_model": register}, slots)
                 jobs[fut] = (dataset, init_name, int(seed))
+    if gate:  # random init, every training label, no early evaluation: the supervised gate
+        gate_common = {**ft_common, "labelled": None, "register_model": False,
+                       "overrides": [*ft_common.get("overrides", []), "finetune.labelled=null",
+                                     "finetune.early_eval_step=null"]}
+        for dataset in datasets:
+            fut = finetune_job.submit(store, dataset, "gate", "random", int(seeds[0]),
+                                      join(output, "finetune", dataset, "gate-random"), gate_common, slots)
+            jobs[fut] = (dataset, "gate", int(seeds[0]))
     wait(list(jobs))
     items = []
     for fut, (dataset, init_name, seed) in jobs.items():
         try:
             res = fut.result()
-            items.append({**res, "init_name": init_name, "seed": seed})
+            items.append({**res, "init_name": "random" if init_name == "gate" else init_name, "seed": seed,
+                          "gate": init_name == "gate"})
         except Exception as err:  # noqa: BLE001 - reported, the others finished
             failures.append(f"finetune {dataset} init {init_name} seed {seed}: {type(err).__name__}: "
                             f"{str(err)[-1500:]}")
@@ -237,10 +263,20 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
         dice = item.get("mean_dice")
         lines.append(f"finetune {item['dataset']} init {item['init_name']} seed {item['seed']}: {item['status']}"
                      f", test mean Dice {'n/a' if dice is None else format(dice, '.3f')}")
-    for dataset, by_init in summary["results"].items():
+    results = summary["results"]
+    for check in (results.get("gate_checks") or {}).get("checks", []):
+        lines.append(f"  gate {check['dataset']:<14} {check['class']:<10.40} Dice {check['dice']:.3f} "
+                     f"(>= {check['threshold']}: {'pass' if check['passed'] else 'FAIL'})")
+    for dataset, by_init in results.get("datasets", {}).items():
         for init, r in by_init.items():
             lines.append(f"  {dataset:<16} {init:<7} Dice {r['mean_dice']:.3f} +- {r['std_dice']:.3f} "
-                         f"({r['n_seeds']} seed(s))")
+                         f"({r['n_seeds']} seed(s), learnable classes)")
+    for dataset, pairs in results.get("paired", {}).items():
+        for name, p in pairs.items():
+            lines.append(f"  {dataset:<16} {name:<13} {p['mean']:+.3f}  95% CI [{p['ci95'][0]:+.3f}, "
+                         f"{p['ci95'][1]:+.3f}] (n={p['n']})")
+    if results.get("verdict"):
+        lines.append(f"  verdict: {results['verdict']}")
     lines += [f"FAILED {f}" for f in summary["failures"]]
     return lines
 
@@ -253,7 +289,7 @@ def pipeline_flow(input: str, store: str, output: str, datasets: list[str] | Non
                   seeds: list[int] = [0],  # noqa: B006
                   labelled: float | None = None, nproc: int = 1, nnodes: int = 1, dask_address: str | None = None,
                   device: str | None = None, parallel: int | None = None, workdir: str | None = None,
-                  force: bool = False) -> dict[str, Any]:
+                  force: bool = False, gate: bool = False) -> dict[str, Any]:
     """Preprocess every dataset, pretrain on all of them, fine-tune and evaluate every labelled one.
 
     Args:
@@ -274,9 +310,11 @@ def pipeline_flow(input: str, store: str, output: str, datasets: list[str] | Non
         parallel: Fine-tunes running at once (default: one per GPU, else one per two cores).
         workdir: Folder of the embedded MLflow store, model cache and results.json copy.
         force: Redo every stage even when its inputs and config are unchanged.
+        gate: Also fine-tune every labelled dataset from random init with all training labels (the
+            study's supervised gate; results.json says whether it passed).
     """
     cfg = resolve_config(preset, config, overrides)
     stage_args = {"preset": preset, "config": config, "overrides": list(overrides or []), "nproc": nproc,
                   "nnodes": nnodes, "dask_address": dask_address, "device": device}
     return run_pipeline(input, store, output, cfg, datasets, list(inits), [int(s) for s in seeds], labelled,
-                        stage_args, parallel, workdir, force)
+                        stage_args, parallel, workdir, force, gate)

@@ -51,6 +51,17 @@ def _mean_dice(summary: dict[str, Any]) -> float | None:
         return None
 
 
+def _class_dice(summary: dict[str, Any]) -> dict[str, float]:
+    """{class name: mean Dice over the evaluated cases}."""
+    out = {}
+    for name, metrics in (summary.get("per_class") or {}).items():
+        try:
+            out[name] = float(metrics["dice"]["mean"])
+        except (KeyError, TypeError, ValueError):
+            continue
+    return out
+
+
 @task(name="evaluate-model", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_transient,
       cache_policy=NO_CACHE)
 def evaluate_task(model_dir: str, store: str, dataset: str, output: str, split: str, overlays: int,
@@ -89,7 +100,7 @@ def run_evaluate(model: str, store: str, dataset: str, output: str, split: str =
                 sink.log_artifacts(pngs, "overlays")
     result = {"stage": "evaluate", "status": "done", "dataset": dataset, "model": model, "output": output,
               "key": key, "mean_dice": _mean_dice(summary), "split": split, "run_id": sink.run_id,
-              "overall": summary.get("overall")}
+              "overall": summary.get("overall"), "per_class": _class_dice(summary)}
     write_marker(output, key, result)
     logger.info("evaluate %s: mean Dice %s", dataset, result["mean_dice"])
     return result
@@ -167,11 +178,18 @@ def run_finetune(store: str, dataset: str, output: str, cfg: PGLConfig, init: st
         if evaluate:
             evaluation = run_evaluate(model_dir, store, dataset, join(output, f"eval-{split}"), split,
                                       device=device, force=True, workdir=workdir, parent_run_id=sink.run_id)
+        early = None
+        if evaluate and cfg.finetune.early_eval_step is not None and cfg.finetune.early_eval_step < cfg.finetune.steps:
+            early = run_evaluate(join(output, "model-early"), store, dataset, join(output, f"eval-early-{split}"),
+                                 split, overlays=0, device=device, force=True, workdir=workdir,
+                                 parent_run_id=sink.run_id)
         dice = evaluation["mean_dice"] if evaluation else None
         registration = _register(model_dir, dataset, sink.run_id, dice, sink.tracking_uri) if register else None
     result = {"stage": "finetune", "status": "done", "dataset": dataset, "init": init, "seed": cfg.finetune.seed,
               "output": output, "model_dir": model_dir, "key": key, "nodes": nodes, "run_id": sink.run_id,
-              "mean_dice": dice, "evaluation": evaluation, "registration": registration}
+              "mean_dice": dice, "evaluation": evaluation, "registration": registration,
+              "per_class": (evaluation or {}).get("per_class"), "early_per_class": (early or {}).get("per_class"),
+              "early_step": cfg.finetune.early_eval_step if early else None}
     write_marker(output, key, result)
     logger.info("finetune %s (init %s, seed %d): done, test mean Dice %s", dataset, init, cfg.finetune.seed, dice)
     return result
