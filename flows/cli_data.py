@@ -64,6 +64,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--kinds", default="btcv,lits,kits,spleen",
                    help="Labelled phantom kinds (default btcv,lits,kits,spleen; a pool is always made).")
     p.add_argument("--no-gate", dest="gate", action="store_false", help="Skip the supervised gate.")
+    p.add_argument("--gate-steps", type=int, default=500,
+                   help="Fine-tune steps of the gate runs (random init, all labels; default 500).")
     p.add_argument("--labelled", type=float, help="Labelled training cases (count, or fraction < 1).")
     p.add_argument("--parallel", type=int, default=2, help="Fine-tunes at once (default 2).")
     p.add_argument("--preset", default="tiny", choices=["tiny", "paper"], help="Config preset (default tiny).")

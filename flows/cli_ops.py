@@ -39,6 +39,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--parallel", type=int, help="Fine-tunes at once (default: per GPU, else cores / 2).")
     p.add_argument("--workdir", help="Folder for the embedded MLflow store, Prefect home and results.json.")
     p.add_argument("--force", action="store_true", help="Redo every stage even when unchanged.")
+    p.add_argument("--gate", action="store_true", help="Also run the supervised gate: each labelled dataset "
+                   "from random init with all training labels (results.json: gate, gate_checks).")
+    p.add_argument("--gate-steps", type=int, help="Fine-tune steps of the gate runs (default: finetune.steps).")
     add_config_args(p)
     p.set_defaults(handler="flows.ops_commands:cmd_pipeline")
 

@@ -75,5 +75,6 @@ def cmd_study(args: argparse.Namespace) -> int:
     spec = StudySpec(shape_zyx=args.shape, pool_cases=args.pool, labelled_cases=args.cases,
                      spacing_mm=args.spacing, preset=args.preset, config=config, overrides=args.overrides,
                      inits=_split(args.inits), seeds=[int(x) for x in _split(args.seeds)],
-                     labelled=args.labelled, parallel=args.parallel, kinds=_split(args.kinds), gate=args.gate)
+                     labelled=args.labelled, parallel=args.parallel, kinds=_split(args.kinds), gate=args.gate,
+                     gate_steps=args.gate_steps)
     return run_demo(Path(args.workdir), spec)

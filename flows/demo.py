@@ -34,6 +34,7 @@ class StudySpec:
     seeds: list[int] = field(default_factory=lambda: [0, 1])
     kinds: list[str] = field(default_factory=lambda: list(DEMO_KINDS))
     gate: bool = True
+    gate_steps: int | None = 500  # the gate learns the recipe's ceiling: more steps than the grid
     labelled: float | None = None
     parallel: int | None = 2
     data_seed: int = 0
@@ -71,7 +72,8 @@ def run_demo(workdir: Path, spec: StudySpec | None = None) -> int:
         summary = pipeline_flow(str(raw), str(store), str(output), preset=spec.preset, config=spec.config,
                                 overrides=[f"preprocess.target_spacing_mm=[{spacing}]", *spec.overrides],
                                 inits=spec.inits, seeds=spec.seeds, labelled=spec.labelled,
-                                workdir=str(workdir), parallel=spec.parallel, gate=spec.gate)
+                                workdir=str(workdir), parallel=spec.parallel, gate=spec.gate,
+                                gate_steps=spec.gate_steps)
         lines = summary_lines(summary)
     except PipelineFailed as err:
         lines, code = [f"FAILED: {err}"], 1

@@ -24,7 +24,8 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     try:
         summary = pipeline_flow(args.input, args.store, args.output, args.datasets, args.preset, args.config,
                                 args.overrides, args.inits, args.seeds, args.labelled, args.nproc, args.nnodes,
-                                args.dask_address, args.device, args.parallel, workdir, args.force)
+                                args.dask_address, args.device, args.parallel, workdir, args.force,
+                                args.gate, args.gate_steps)
     except PipelineFailed as err:
         print(f"pgl pipeline: {err}")
         return EXIT_PARTIAL

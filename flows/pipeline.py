@@ -164,10 +164,12 @@ def _write_results(results: dict[str, Any], output: str, workdir: str | None) ->
 def run_pipeline(input: str, store: str, output: str, cfg: PGLConfig, datasets: list[str] | None = None,
                  inits: list[str] = ("pgl",), seeds: list[int] = (0,), labelled: float | None = None,
                  stage_args: dict[str, Any] | None = None, parallel: int | None = None,
-                 workdir: str | None = None, force: bool = False, gate: bool = False) -> dict[str, Any]:
+                 workdir: str | None = None, force: bool = False, gate: bool = False,
+                 gate_steps: int | None = None) -> dict[str, Any]:
     """Body of the pipeline flow. ``stage_args``: preset/config/overrides/nproc/... for every stage.
     ``gate``: also fine-tune each labelled dataset from random init with all its training labels
-    (the study's supervised gate, ``<output>/finetune/DATASET/gate-random``)."""
+    (the study's supervised gate, ``<output>/finetune/DATASET/gate-random``), for ``gate_steps``
+    steps (default ``finetune.steps``)."""
     from flows.tracking import start_run
 
     logger = get_run_logger()
@@ -188,7 +190,7 @@ def run_pipeline(input: str, store: str, output: str, cfg: PGLConfig, datasets: 
         encoders = _pretrain_all([m for m in ("pgl", "global") if m in inits], store, names, output, common,
                                  failures)
         jobs = _finetune_grid(store, labelled_names, inits, seeds, encoders, output, labelled, common,
-                              parallel, failures, gate)
+                              parallel, failures, gate, gate_steps)
         items = [i for i in jobs if not i.get("gate")]
         gate_items = [i for i in jobs if i.get("gate")]
         results = {**study_results(items, gate_items), "mean_dice_all_classes": summarise_results(items)}
@@ -212,7 +214,7 @@ def run_pipeline(input: str, store: str, output: str, cfg: PGLConfig, datasets: 
 def _finetune_grid(store: str, datasets: list[str], inits: list[str], seeds: list[int],
                    encoders: dict[str, dict[str, Any]], output: str, labelled: float | None,
                    common: dict[str, Any], parallel: int | None, failures: list[str],
-                   gate: bool = False) -> list[dict[str, Any]]:
+                   gate: bool = False, gate_steps: int | None = None) -> list[dict[str, Any]]:
     nproc = int(common.get("nproc", 1))
     slots = parallel or default_parallel(nproc)
     ft_common = {k: v for k, v in common.items() if k not in ("steps", "mode")}
@@ -238,7 +240,8 @@ def _finetune_grid(store: str, datasets: list[str], inits: list[str], seeds: lis
     if gate:  # random init, every training label, no early evaluation: the supervised gate
         gate_common = {**ft_common, "labelled": None, "register_model": False,
                        "overrides": [*ft_common.get("overrides", []), "finetune.labelled=null",
-                                     "finetune.early_eval_step=null"]}
+                                     "finetune.early_eval_step=null",
+                                     *([f"finetune.steps={int(gate_steps)}"] if gate_steps else [])]}
         for dataset in datasets:
             fut = finetune_job.submit(store, dataset, "gate", "random", int(seeds[0]),
                                       join(output, "finetune", dataset, "gate-random"), gate_common, slots)
@@ -289,7 +292,7 @@ def pipeline_flow(input: str, store: str, output: str, datasets: list[str] | Non
                   seeds: list[int] = [0],  # noqa: B006
                   labelled: float | None = None, nproc: int = 1, nnodes: int = 1, dask_address: str | None = None,
                   device: str | None = None, parallel: int | None = None, workdir: str | None = None,
-                  force: bool = False, gate: bool = False) -> dict[str, Any]:
+                  force: bool = False, gate: bool = False, gate_steps: int | None = None) -> dict[str, Any]:
     """Preprocess every dataset, pretrain on all of them, fine-tune and evaluate every labelled one.
 
     Args:
@@ -312,9 +315,10 @@ def pipeline_flow(input: str, store: str, output: str, datasets: list[str] | Non
         force: Redo every stage even when its inputs and config are unchanged.
         gate: Also fine-tune every labelled dataset from random init with all training labels (the
             study's supervised gate; results.json says whether it passed).
+        gate_steps: Fine-tune steps of the gate runs (empty = the config's finetune.steps).
     """
     cfg = resolve_config(preset, config, overrides)
     stage_args = {"preset": preset, "config": config, "overrides": list(overrides or []), "nproc": nproc,
                   "nnodes": nnodes, "dask_address": dask_address, "device": device}
     return run_pipeline(input, store, output, cfg, datasets, list(inits), [int(s) for s in seeds], labelled,
-                        stage_args, parallel, workdir, force, gate)
+                        stage_args, parallel, workdir, force, gate, gate_steps)

@@ -168,6 +168,10 @@ class TrainConfig(_Section):
         50, ge=0, description="Steps between dense-correspondence probes (pgl_core.probe: true vs "
         "permuted pairs on held-out views, logged as probe_*); 0 = off.")
     probe_pairs: int = Field(8, ge=1, description="Held-out view pairs the probe encodes.")
+    probe_dataset: str | None = Field(
+        None, description="A labelled dataset among the pretraining datasets: each probe also fits a "
+        "voxel-wise linear head on frozen features and logs its Dice (probe_linear_dice).")
+    probe_label_cases: int = Field(8, ge=2, description="Labelled cases (one crop each) the linear probe uses.")
 
 
 class PGLConfig(_Section):

@@ -51,7 +51,7 @@ def _candidates(value, annotation):
         inner = [c for c in _candidates(value[0], None)] if value else []
         return [[c, *value[1:]] for c in inner] + [list(reversed(value))]
     if value is None:
-        return [1, 0.5, 2, [1.0, 1.0]]
+        return [1, 0.5, 2, [1.0, 1.0], "x"]
     return []
 
 

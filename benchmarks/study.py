@@ -1,25 +1,24 @@
-"""Demo-sized PGL study on synthetic phantoms: random vs global-only (BYOL) vs PGL initialisation.
+"""The PGL study on synthetic phantoms without services (no Prefect, no MLflow): random vs
+global-only (BYOL) vs PGL initialisation, at any size, on CPU or GPU. The pipeline runs the same
+protocol through Prefect (``pgl study``, ``make demo``); this script is what a bare GPU machine runs
+(``benchmarks/study_gpu.sh``).
 
-The paper's protocol at demo size, with the pgl_core / storage APIs only (no Prefect):
-
-1. write phantom datasets (``storage.phantoms``): an unlabelled pool plus the four labelled kinds
-   btcv, lits, kits, spleen (``--cases`` each, ``--shape`` (z, y, x) voxels);
+1. write phantom datasets (``storage.phantoms``, portal venous): an unlabelled pool plus the
+   labelled kinds (``--kinds``; btcv, lits, kits, spleen), ``--cases`` each, ``--shape`` (z, y, x);
 2. ingest them all with ONE plan (``--spacing`` x y z mm) into a local Zarr store;
 3. pretrain twice on the pool plus every image of every dataset: ``loss.mode=global`` (BYOL) and
    ``loss.mode=pgl`` (same config, same seed, same data stream);
-4. fine-tune every labelled kind from each init (random, global, pgl) for each fine-tune seed
-   (``finetune.seed``; it also draws the split and the label budget, so for one seed all three
-   inits see the same training, validation and test cases), with ``finetune.labelled`` cases;
-5. evaluate Dice on each run's test split; print the table (mean +- std over seeds) and write
-   ``results.json``: dataset -> init -> {"mean_dice", "std_dice", "n_seeds", "dice_per_seed",
-   "per_class"}, plus "paired" (pgl - random, pgl - global per dataset) and "timings_s".
+4. the supervised gate: each labelled kind from random init with all its training labels
+   (``--gate-steps``); then every kind from each init (random, global, pgl) for each seed, with
+   ``finetune.labelled`` cases, evaluated at the end and at ``finetune.early_eval_step``;
+5. ``results.json`` (:func:`pgl_core.study.results`): gate, per-init Dice over the learnable
+   classes, paired differences with 95 % t intervals, the early evaluation, a verdict; plus runs
+   and timings under ``_meta``. Fine-tunes run ``--parallel`` at a time (threads).
 
-Usage (the demo study; about 10 minutes on 2 CPU cores)::
+Usage::
 
-    OMP_NUM_THREADS=1 python benchmarks/study_small.py --config deploy/configs/study-small.yaml \\
-        --work /tmp/pgl-study --out /tmp/pgl-study/results.json
-
-    python benchmarks/study_small.py --small ...   # a seconds-long smoke version (tests)
+    python benchmarks/study.py --config deploy/configs/study-small.yaml --work /tmp/pgl-study
+    python benchmarks/study.py --small ...   # a seconds-long smoke version (tests)
 
 ``--set key=value`` overrides apply to pretraining and fine-tuning alike; ``--pretrain-set``
 only to pretraining, ``--finetune-set`` only to fine-tuning (ablations). Pretraining outputs are
@@ -44,7 +43,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 KINDS = ("btcv", "lits", "kits", "spleen")
 INITS = ("random", "global", "pgl")
-SMALL = {"shape": (16, 32, 32), "cases": 4, "pool": 2, "seeds": 1,
+SMALL = {"shape": (16, 32, 32), "cases": 4, "pool": 2, "seeds": 2,
          "set": ["train.steps=4", "finetune.steps=4", "finetune.eval_every=4", "train.log_every=2"]}
 
 
@@ -114,66 +113,56 @@ def pretrain(cfg: Any, store_root: str, datasets: list[str], mode: str, work: st
     return out, time.perf_counter() - t0, res.last_loss
 
 
-def finetune_eval(cfg: Any, store_root: str, dataset: str, init: str, seed: int, work: str) -> dict[str, Any]:
-    """One fine-tune (``finetune.seed=seed``) + test-split evaluation; Dice overall and per class."""
+def _class_dice(model_dir: str, store_root: str, dataset: str, out: str, device: str | None) -> dict[str, float]:
     from pgl_core.evaluate import evaluate_model
-    from pgl_core.finetune import run_finetuning
+
+    summary = evaluate_model(model_dir, store_root, dataset, out, split="test", overlays=0, device=device)
+    return {name: float(v["dice"]["mean"]) for name, v in summary["per_class"].items()}
+
+
+def finetune_eval(cfg: Any, store_root: str, dataset: str, init: str, seed: int, work: str,
+                  tag: str | None = None, device: str | None = None) -> dict[str, Any]:
+    """One fine-tune (``finetune.seed=seed``) + test-split evaluation (final and early weights):
+    per-class Dice of both, plus the split and timings."""
+    from pgl_core.finetune import EARLY_MODEL_DIR, run_finetuning
     from pgl_core.metrics import NullSink
+    from pgl_core.study import headline
 
     cfg = cfg.model_copy(deep=True)
     cfg.finetune.seed = int(seed)
-    tag = "random" if init == "random" else os.path.basename(init).split("-")[0]
+    tag = tag or ("random" if init == "random" else os.path.basename(init).split("-")[0])
     out = os.path.join(work, "finetune", f"{dataset}-{tag}-s{seed}")
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
-    res = run_finetuning(cfg, store_root, dataset, init, out, sink=NullSink())
-    summary = evaluate_model(res.model_dir, store_root, dataset, os.path.join(out, "eval"), split="test",
-                             overlays=0, device="cpu")
-    per_class = {name: float(v["dice"]["mean"]) for name, v in summary["per_class"].items()}
-    return {"dice": float(summary["overall"]["dice"]["mean"]), "per_class": per_class,
+    res = run_finetuning(cfg, store_root, dataset, init, out, sink=NullSink(), device=device)
+    per_class = _class_dice(res.model_dir, store_root, dataset, os.path.join(out, "eval"), device)
+    early = {}
+    early_dir = os.path.join(out, EARLY_MODEL_DIR)
+    if cfg.finetune.early_eval_step and os.path.isdir(early_dir):
+        early = _class_dice(early_dir, store_root, dataset, os.path.join(out, "eval-early"), device)
+    return {"dice": headline(per_class), "per_class": per_class, "early_per_class": early,
             "best_val_dice": res.best_val_dice, "best_step": res.best_step, "test": res.split["test"],
             "train": res.split["train"], "seconds": time.perf_counter() - t0}
 
 
-def _std(xs: list[float]) -> float:
-    return statistics.stdev(xs) if len(xs) > 1 else 0.0
-
-
-def aggregate(runs: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, Any]:
-    """dataset -> init -> {"mean_dice", "std_dice", "n_seeds", "dice_per_seed", "per_class"}."""
-    table: dict[str, Any] = {}
-    for ds, by_init in runs.items():
-        table[ds] = {}
-        for init, rs in by_init.items():
-            dice = [r["dice"] for r in rs]
-            classes = sorted({c for r in rs for c in r["per_class"]})
-            table[ds][init] = {"mean_dice": statistics.fmean(dice), "std_dice": _std(dice), "n_seeds": len(dice),
-                               "dice_per_seed": dice,
-                               "per_class": {c: statistics.fmean(r["per_class"].get(c, float("nan")) for r in rs)
-                                             for c in classes}}
-    return table
-
-
-def paired(runs: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, Any]:
-    """Per dataset, the per-seed differences pgl - random and pgl - global (same split per seed)."""
-    out: dict[str, Any] = {}
-    for ds, by_init in runs.items():
-        out[ds] = {}
-        for base in ("random", "global"):
-            if "pgl" in by_init and base in by_init:
-                diffs = [a["dice"] - b["dice"] for a, b in zip(by_init["pgl"], by_init[base])]
-                out[ds][f"pgl-{base}"] = {"mean": statistics.fmean(diffs), "std": _std(diffs), "per_seed": diffs}
-    return out
-
-
 def format_table(table: dict[str, Any], inits: list[str]) -> str:
-    """Markdown table: dataset x init, mean Dice +- std (n seeds), plus the across-dataset mean."""
+    """Markdown table: dataset x init, mean Dice (learnable classes) +- std (n seeds), and the mean."""
     lines = ["| dataset | " + " | ".join(inits) + " |", "|---" * (len(inits) + 1) + "|"]
     for ds, row in table.items():
-        cells = [f"{row[i]['mean_dice']:.3f} ± {row[i]['std_dice']:.3f} (n={row[i]['n_seeds']})" for i in inits]
+        cells = [f"{row[i]['mean_dice']:.3f} ± {row[i]['std_dice']:.3f} (n={row[i]['n_seeds']})" if i in row else "-"
+                 for i in inits]
         lines.append(f"| {ds} | " + " | ".join(cells) + " |")
-    means = [statistics.fmean(table[d][i]["mean_dice"] for d in table) for i in inits]
+    means = [statistics.fmean(table[d][i]["mean_dice"] for d in table if i in table[d]) for i in inits]
     lines.append("| **mean** | " + " | ".join(f"**{m:.3f}**" for m in means) + " |")
+    return "\n".join(lines)
+
+
+def format_paired(pairs: dict[str, Any]) -> str:
+    """Markdown table of paired differences with their 95 % intervals."""
+    lines = ["| dataset | difference | mean | 95% CI | n |", "|---|---|---|---|---|"]
+    for ds, d in pairs.items():
+        for name, p in d.items():
+            lines.append(f"| {ds} | {name} | {p['mean']:+.3f} | [{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}] | {p['n']} |")
     return "\n".join(lines)
 
 
@@ -184,7 +173,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--spacing", type=float, nargs=3, default=(8.0, 8.0, 10.0), help="Plan spacing (x, y, z) mm.")
     p.add_argument("--cases", type=int, default=10, help="Labelled cases per dataset kind.")
     p.add_argument("--pool", type=int, default=16, help="Unlabelled pool cases.")
-    p.add_argument("--seeds", type=int, default=3, help="Fine-tune seeds 0..N-1.")
+    p.add_argument("--seeds", type=int, default=5, help="Fine-tune seeds 0..N-1 (default 5).")
+    p.add_argument("--gate-steps", type=int, default=None,
+                   help="Fine-tune steps of the supervised gate (default: finetune.steps); 0 = no gate.")
+    p.add_argument("--parallel", type=int, default=1, help="Fine-tunes at once (threads; GPU: several).")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per fine-tune (CPU).")
+    p.add_argument("--device", default=None, help="cpu, cuda or empty for automatic.")
     p.add_argument("--labelled", type=float, default=None, help="Label budget (overrides finetune.labelled).")
     p.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS, help="Labelled kinds to fine-tune.")
     p.add_argument("--inits", nargs="+", default=list(INITS), choices=INITS, help="Initialisations to compare.")
@@ -230,7 +224,9 @@ def run_study(args: argparse.Namespace) -> dict[str, Any]:
     """The whole protocol; returns the results dict (also written to ``args.out``)."""
     import torch
 
-    torch.set_num_threads(1)
+    from pgl_core.study import results as study_results
+
+    torch.set_num_threads(args.threads)
     if args.fresh:
         shutil.rmtree(args.work, ignore_errors=True)
     os.makedirs(args.work, exist_ok=True)
@@ -244,37 +240,43 @@ def run_study(args: argparse.Namespace) -> dict[str, Any]:
     for mode in [m for m in ("global", "pgl") if m in args.inits]:
         inits[mode], timings[f"pretrain_{mode}"], _ = pretrain(pre_cfg, store_root, list(names.values()), mode,
                                                                args.work)
-    runs = finetune_grid(args, ft_cfg, store_root, names, inits, timings)
+    gate_steps = ft_cfg.finetune.steps if args.gate_steps is None else args.gate_steps
+    jobs = [(names[k], "gate", 0) for k in args.kinds] if gate_steps else []
+    jobs += [(names[k], init, seed) for k in args.kinds for seed in range(args.seeds) for init in args.inits]
+    records = finetune_jobs(args, ft_cfg, store_root, inits, jobs, gate_steps, timings)
     timings["total"] = time.perf_counter() - t_all
-    results = {"table": aggregate(runs), "paired": paired(runs), "timings_s": timings, "runs": runs,
-               "settings": {**{k: v for k, v in vars(args).items() if k not in ("fresh",)},
-                            "finetune_labelled": ft_cfg.finetune.labelled}}
-    flat = {ds: results["table"][ds] for ds in results["table"]}
-    out = args.out or os.path.join(args.work, "results.json")
-    with open(out, "w") as fh:
-        json.dump({**flat, "_meta": {k: results[k] for k in ("paired", "timings_s", "runs", "settings")}}, fh,
-                  indent=1, default=str)
-    return results
+    out = {**study_results([r for r in records if not r["gate"]], [r for r in records if r["gate"]]),
+           "_meta": {"timings_s": timings, "runs": records,
+                     "settings": {**{k: v for k, v in vars(args).items() if k not in ("fresh",)},
+                                  "finetune_labelled": ft_cfg.finetune.labelled, "gate_steps": gate_steps}}}
+    with open(args.out or os.path.join(args.work, "results.json"), "w") as fh:
+        json.dump(out, fh, indent=1, default=str)
+    return out
 
 
-def finetune_grid(args: argparse.Namespace, cfg: Any, store_root: str, names: dict[str, str],
-                  inits: dict[str, str], timings: dict[str, Any]) -> dict[str, dict[str, list[dict[str, Any]]]]:
-    """kinds x inits x seeds fine-tunes; dataset name -> init -> list (by seed) of run records."""
-    runs: dict[str, dict[str, list[dict[str, Any]]]] = {}
-    ft_seconds = []
-    for kind in args.kinds:
-        ds = names[kind]
-        runs[ds] = {i: [] for i in args.inits}
-        for seed in range(args.seeds):
-            for init in args.inits:
-                rec = finetune_eval(cfg, store_root, ds, inits[init], seed, args.work)
-                runs[ds][init].append(rec)
-                ft_seconds.append(rec["seconds"])
-                print(f"  {ds:14s} {init:6s} seed {seed}: Dice {rec['dice']:.3f} "
-                      f"(val {rec['best_val_dice']:.3f} @ {rec['best_step']}, {rec['seconds']:.1f} s)", flush=True)
-    timings["finetune_each_mean"] = statistics.fmean(ft_seconds) if ft_seconds else 0.0
-    timings["finetune_total"] = sum(ft_seconds)
-    return runs
+def finetune_jobs(args: argparse.Namespace, cfg: Any, store_root: str, inits: dict[str, str],
+                  jobs: list[tuple[str, str, int]], gate_steps: int, timings: dict[str, Any]) -> list[dict[str, Any]]:
+    """Run (dataset, init or "gate", seed) fine-tunes, ``args.parallel`` at a time; one record each."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    gate_cfg = cfg.model_copy(deep=True)
+    gate_cfg.finetune.labelled, gate_cfg.finetune.early_eval_step = None, None
+    gate_cfg.finetune.steps = max(int(gate_steps), 1)
+
+    def one(job: tuple[str, str, int]) -> dict[str, Any]:
+        ds, init, seed = job
+        gate = init == "gate"
+        rec = finetune_eval(gate_cfg if gate else cfg, store_root, ds, "random" if gate else inits[init], seed,
+                            args.work, tag=init, device=args.device)
+        print(f"  {ds:14s} {init:6s} seed {seed}: Dice {rec['dice']:.3f} ({rec['seconds']:.1f} s)", flush=True)
+        return {**rec, "dataset": ds, "init": "random" if gate else init, "seed": seed, "gate": gate}
+
+    with ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
+        records = list(pool.map(one, jobs))
+    seconds = [r["seconds"] for r in records]
+    timings["finetune_each_mean"] = statistics.fmean(seconds) if seconds else 0.0
+    timings["finetune_total"] = sum(seconds)
+    return records
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -282,11 +284,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.small:
         _apply_small(args)
     results = run_study(args)
-    print(format_table(results["table"], list(args.inits)))
-    for ds, d in results["paired"].items():
-        if d:
-            print(f"  {ds}: " + ", ".join(f"{k} {v['mean']:+.3f} ± {v['std']:.3f}" for k, v in d.items()))
-    print("timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in results["timings_s"].items()))
+    for check in (results.get("gate_checks") or {}).get("checks", []):
+        print(f"gate {check['dataset']} {check['class']}: {check['dice']:.3f} (>= {check['threshold']}: "
+              f"{'pass' if check['passed'] else 'FAIL'})")
+    print(format_table(results["datasets"], list(args.inits)))
+    print(format_paired(results["paired"]))
+    if results["early"]["paired"]:
+        print("early evaluation (finetune.early_eval_step):")
+        print(format_paired(results["early"]["paired"]))
+    print("verdict:", results["verdict"])
+    print("timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in results["_meta"]["timings_s"].items()))
     return 0
 
 

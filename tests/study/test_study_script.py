@@ -1,4 +1,4 @@
-"""The demo-sized study script runs end to end in its small mode and writes a valid results.json."""
+"""The service-free study script runs end to end in its small mode and writes a valid results.json."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from pgl_core.config import load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SCRIPT = os.path.join(ROOT, "benchmarks", "study_small.py")
+SCRIPT = os.path.join(ROOT, "benchmarks", "study.py")
 CONFIG = os.path.join(ROOT, "deploy", "configs", "study-small.yaml")
 
 
@@ -32,15 +32,21 @@ def test_small_mode_writes_valid_results(tmp_path):
                           capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = json.loads(out.read_text())
-    datasets = [k for k in results if not k.startswith("_")]
+    assert set(results) >= {"gate", "gate_checks", "datasets", "paired", "early", "verdict", "_meta"}
+    assert sorted(results["gate"]) == ["PhantomLiTS", "PhantomSpleen"]  # random init, all labels
+    datasets = results["datasets"]
     assert sorted(datasets) == ["PhantomLiTS", "PhantomSpleen"]
     for ds in datasets:
-        assert sorted(results[ds]) == ["global", "pgl", "random"]
-        for init, row in results[ds].items():
-            assert row["n_seeds"] == len(row["dice_per_seed"]) == 1
+        assert sorted(datasets[ds]) == ["global", "pgl", "random"]
+        for init, row in datasets[ds].items():
+            assert row["n_seeds"] == len(row["dice_per_seed"]) == 2
             assert all(0.0 <= d <= 1.0 for d in row["dice_per_seed"])
             assert math.isclose(row["mean_dice"], sum(row["dice_per_seed"]) / row["n_seeds"])
-            assert row["std_dice"] >= 0.0
+            assert row["std_dice"] >= 0.0 and row["per_class"]
+        for name in ("pgl-random", "pgl-global", "global-random"):
+            p = results["paired"][ds][name]
+            assert p["n"] == 2 and p["ci95"][0] <= p["mean"] <= p["ci95"][1]
+    assert isinstance(results["verdict"], str) and results["verdict"]
     timings = results["_meta"]["timings_s"]
     assert timings["pretrain_global"] > 0 and timings["pretrain_pgl"] > 0
-    assert "| PhantomLiTS |" in proc.stdout
+    assert "| PhantomLiTS |" in proc.stdout and "verdict:" in proc.stdout
