@@ -38,6 +38,7 @@ from pgl_core.data import CropSampler, CropSource, CropStream, index_cases, make
 from pgl_core.intensity_norm import IntensityNorm, resolve_norm
 from pgl_core.metrics import JsonlSink, MetricsSink, NullSink
 from pgl_core.optim import build_optimizer
+from pgl_core.probe import probe_hook
 from pgl_core.ema import base_tau_for_steps
 from pgl_core.levels import resolve_local_levels
 from pgl_core.schedules import lr_at, set_lr, tau_at
@@ -271,7 +272,9 @@ def _loop(cfg: PGLConfig, world: dist_utils.WorldInfo, comps: Components, raw: n
     size_vox = tuple(comps.source_shape(cfg.views))
     stream = CropStream(store_list, cases, sampler, batch, size_vox, start_batch=step)
     res_history: list[dict[str, float]] = []
-    probe = _probe(cfg, world, comps, raw, stores, cases, norm, sink, res_history)
+    probe = None
+    if world.is_main:
+        probe = probe_hook(cfg, raw, stores, cases, norm, world.device, comps, sink, res_history)
     if probe is not None and step == 0:
         probe(0)  # the random-init baseline the later probes are read against
     loader = make_loader(stream, t.loader_workers, pin_memory=world.device.type == "cuda")
@@ -339,42 +342,6 @@ def _loop(cfg: PGLConfig, world: dist_utils.WorldInfo, comps: Components, raw: n
         res.status = "stopped"
     res.probe_history = res_history
     return res
-
-
-def _probe(cfg: PGLConfig, world: dist_utils.WorldInfo, comps: Components, raw: nn.Module,
-           stores: dict[str, CropSource], cases: list, norm: IntensityNorm, sink: MetricsSink,
-           history: list) -> Callable[[int], None] | None:
-    """Rank 0's progress probes (:mod:`pgl_core.probe`, and :mod:`pgl_core.linear_probe` when
-    ``train.probe_dataset`` is set) as ``probe(step)``; None when off or when the model has no
-    ResidualUNet backbone (stand-ins)."""
-    from pgl_core.linear_probe import linear_probe_dice, load_labelled_crops
-    from pgl_core.probe import build_probe_set, probe_stage, run_probe
-
-    online = getattr(raw, "online", None)
-    backbone = online["backbone"] if isinstance(online, nn.ModuleDict) and "backbone" in online else None
-    if not world.is_main or cfg.train.probe_every <= 0 or not hasattr(backbone, "encode"):
-        return None
-    probe_set = build_probe_set(list(stores.values()), cases, cfg, norm, world.device, comps.render_views,
-                                comps.sample_views, comps.source_shape)
-    stage = probe_stage(cfg.model)
-    crops = None
-    if cfg.train.probe_dataset is not None:
-        if cfg.train.probe_dataset not in stores:
-            raise ConfigError(f"train.probe_dataset {cfg.train.probe_dataset!r} is not one of the pretraining "
-                              f"datasets {sorted(stores)}")
-        crops = load_labelled_crops(stores[cfg.train.probe_dataset], tuple(cfg.views.patch_vox), norm,
-                                    cfg.train.probe_label_cases, world.device)
-
-    def probe(step: int) -> None:
-        t0 = time.perf_counter()
-        scores = run_probe(backbone, probe_set, stage)
-        if crops is not None:
-            scores["probe_linear_dice"] = linear_probe_dice(backbone, crops, stage)
-        scores["probe_ms"] = 1000.0 * (time.perf_counter() - t0)  # its cost, to keep it bounded
-        sink.log_metrics(step, scores)
-        history.append({"step": float(step), **scores})
-
-    return probe
 
 
 def _log_window(win: dict, step: int, optimizer: torch.optim.Optimizer, tau: float, skipped: int,

@@ -19,7 +19,10 @@ Cost: one no-grad forward of ``2 * train.probe_pairs`` views per probe.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -98,3 +101,39 @@ def build_probe_set(store_list: list, cases: list, cfg, norm, device: torch.devi
     a, b = render_views(volumes, params, intensity=True, config=cfg.views, generator=gen,
                         units_per_hu=norm.units_per_hu())
     return ProbeSet(a, b, params)
+
+
+def probe_hook(cfg, raw: torch.nn.Module, stores: dict[str, Any], cases: list, norm, device: torch.device,  # noqa: ANN001
+               comps, sink, history: list) -> Callable[[int], None] | None:  # noqa: ANN001
+    """The pretraining loop's probes as ``probe(step)`` (this module's, and
+    :mod:`pgl_core.linear_probe` when ``train.probe_dataset`` names one of ``stores``): each call
+    logs ``probe_*`` metrics and their cost ``probe_ms`` to ``sink`` and appends them to
+    ``history``. None when ``train.probe_every`` is 0 or the model has no ResidualUNet backbone."""
+    from pgl_core.config import ConfigError
+    from pgl_core.linear_probe import linear_probe_dice, load_labelled_crops
+
+    online = getattr(raw, "online", None)
+    backbone = online["backbone"] if isinstance(online, torch.nn.ModuleDict) and "backbone" in online else None
+    if cfg.train.probe_every <= 0 or not hasattr(backbone, "encode"):
+        return None
+    probe_set = build_probe_set(list(stores.values()), cases, cfg, norm, device, comps.render_views,
+                                comps.sample_views, comps.source_shape)
+    stage = probe_stage(cfg.model)
+    crops = None
+    if cfg.train.probe_dataset is not None:
+        if cfg.train.probe_dataset not in stores:
+            raise ConfigError(f"train.probe_dataset {cfg.train.probe_dataset!r} is not one of the pretraining "
+                              f"datasets {sorted(stores)}")
+        crops = load_labelled_crops(stores[cfg.train.probe_dataset], tuple(cfg.views.patch_vox), norm,
+                                    cfg.train.probe_label_cases, device)
+
+    def probe(step: int) -> None:
+        t0 = time.perf_counter()
+        scores = run_probe(backbone, probe_set, stage)
+        if crops is not None:
+            scores["probe_linear_dice"] = linear_probe_dice(backbone, crops, stage)
+        scores["probe_ms"] = 1000.0 * (time.perf_counter() - t0)  # its cost, to keep it bounded
+        sink.log_metrics(step, scores)
+        history.append({"step": float(step), **scores})
+
+    return probe
