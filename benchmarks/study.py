@@ -13,7 +13,7 @@ protocol through Prefect (``pgl study``, ``make demo``); this script is what a b
    ``finetune.labelled`` cases, evaluated at the end and at ``finetune.early_eval_step``;
 5. ``results.json`` (:func:`pgl_core.study.results`): gate, per-init Dice over the learnable
    classes, paired differences with 95 % t intervals, the early evaluation, a verdict; plus runs
-   and timings under ``_meta``. Fine-tunes run ``--parallel`` at a time (threads).
+   and timings under ``_meta``. Fine-tunes run ``--parallel`` at a time (processes).
 
 Usage::
 
@@ -176,7 +176,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, default=5, help="Fine-tune seeds 0..N-1 (default 5).")
     p.add_argument("--gate-steps", type=int, default=None,
                    help="Fine-tune steps of the supervised gate (default: finetune.steps); 0 = no gate.")
-    p.add_argument("--parallel", type=int, default=1, help="Fine-tunes at once (threads; GPU: several).")
+    p.add_argument("--parallel", type=int, default=1, help="Fine-tunes at once (processes; GPU: several).")
     p.add_argument("--threads", type=int, default=1, help="torch threads per fine-tune (CPU).")
     p.add_argument("--device", default=None, help="cpu, cuda or empty for automatic.")
     p.add_argument("--labelled", type=float, default=None, help="Label budget (overrides finetune.labelled).")
@@ -254,25 +254,36 @@ def run_study(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def _one_job(job: tuple[str, str, int], cfg: Any, gate_cfg: Any, store_root: str, inits: dict[str, str],
+             work: str, device: str | None, threads: int) -> dict[str, Any]:
+    """One fine-tune in its own process (weights are seeded from torch's global generator, which
+    threads would share: processes keep every (dataset, init, seed) reproducible)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    ds, init, seed = job
+    gate = init == "gate"
+    rec = finetune_eval(gate_cfg if gate else cfg, store_root, ds, "random" if gate else inits[init], seed,
+                        work, tag=init, device=device)
+    print(f"  {ds:14s} {init:6s} seed {seed}: Dice {rec['dice']:.3f} ({rec['seconds']:.1f} s)", flush=True)
+    return {**rec, "dataset": ds, "init": "random" if gate else init, "seed": seed, "gate": gate}
+
+
 def finetune_jobs(args: argparse.Namespace, cfg: Any, store_root: str, inits: dict[str, str],
                   jobs: list[tuple[str, str, int]], gate_steps: int, timings: dict[str, Any]) -> list[dict[str, Any]]:
-    """Run (dataset, init or "gate", seed) fine-tunes, ``args.parallel`` at a time; one record each."""
-    from concurrent.futures import ThreadPoolExecutor
+    """Run (dataset, init or "gate", seed) fine-tunes, ``args.parallel`` processes at a time."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from functools import partial
 
     gate_cfg = cfg.model_copy(deep=True)
     gate_cfg.finetune.labelled, gate_cfg.finetune.early_eval_step = None, None
     gate_cfg.finetune.steps = max(int(gate_steps), 1)
-
-    def one(job: tuple[str, str, int]) -> dict[str, Any]:
-        ds, init, seed = job
-        gate = init == "gate"
-        rec = finetune_eval(gate_cfg if gate else cfg, store_root, ds, "random" if gate else inits[init], seed,
-                            args.work, tag=init, device=args.device)
-        print(f"  {ds:14s} {init:6s} seed {seed}: Dice {rec['dice']:.3f} ({rec['seconds']:.1f} s)", flush=True)
-        return {**rec, "dataset": ds, "init": "random" if gate else init, "seed": seed, "gate": gate}
-
-    with ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
-        records = list(pool.map(one, jobs))
+    run = partial(_one_job, cfg=cfg, gate_cfg=gate_cfg, store_root=store_root, inits=inits, work=args.work,
+                  device=args.device, threads=args.threads)
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=max(1, args.parallel), mp_context=ctx) as pool:
+        records = list(pool.map(run, jobs))
     seconds = [r["seconds"] for r in records]
     timings["finetune_each_mean"] = statistics.fmean(seconds) if seconds else 0.0
     timings["finetune_total"] = sum(seconds)
