@@ -14,18 +14,25 @@ from __future__ import annotations
 
 import torch
 
-from pgl_core.config import PGLConfig
+from pgl_core.config import ModelConfig, PGLConfig
 from pgl_core.nets.unet import cumulative_strides, decoder_depth_for_stride
 
 LEVELS = ("bottleneck", "decoder_s4")
 
 
+def level_geometry(model_cfg: ModelConfig, level: str) -> tuple[int, tuple[int, int, int]]:
+    """(channels, cumulative (D, H, W) stride) of a local level of the backbone; ValueError when the
+    backbone has no such level (no stage at in-plane stride 4 for ``decoder_s4``)."""
+    cum = cumulative_strides(model_cfg)
+    if level == "bottleneck":
+        return model_cfg.widths[-1], cum[-1]
+    stage = len(cum) - 1 - decoder_depth_for_stride(model_cfg, 4)
+    return model_cfg.widths[stage], cum[stage]
+
+
 def level_stride(cfg: PGLConfig, level: str) -> tuple[int, int, int]:
     """Cumulative (D, H, W) stride of a local level of the configured backbone."""
-    cum = cumulative_strides(cfg.model)
-    if level == "bottleneck":
-        return cum[-1]
-    return cum[len(cum) - 1 - decoder_depth_for_stride(cfg.model, 4)]
+    return level_geometry(cfg.model, level)[1]
 
 
 def overlap_cells(cfg: PGLConfig, level: str, pairs: int = 512, seed: int = 0) -> tuple[float, float, float]:

@@ -29,19 +29,10 @@ from pgl_core.config import LossConfig, ModelConfig
 from pgl_core.ema import update_momentum
 from pgl_core.losses import byol_loss, local_loss
 from pgl_core.nets.heads import LocalHead, MLPHead
-from pgl_core.nets.unet import ResidualUNet, cumulative_strides, decoder_depth_for_stride
+from pgl_core.levels import LEVELS, level_geometry
+from pgl_core.nets.unet import ResidualUNet, decoder_depth_for_stride
 from pgl_core.views import ViewParams
 
-LEVELS = ("bottleneck", "decoder_s4")
-
-
-def _level_geometry(model_cfg: ModelConfig, level: str) -> tuple[int, tuple[int, int, int]]:
-    """(channels, cumulative stride) of a local level."""
-    cum = cumulative_strides(model_cfg)
-    if level == "bottleneck":
-        return model_cfg.widths[-1], cum[-1]
-    stage = len(cum) - 1 - decoder_depth_for_stride(model_cfg, 4)
-    return model_cfg.widths[stage], cum[stage]
 
 
 class PGLModel(nn.Module):
@@ -76,7 +67,7 @@ class PGLModel(nn.Module):
             self.predictor["global"] = MLPHead(dim, hidden, dim, head_norm)
         if self.levels:
             lh = model_cfg.local_hidden
-            chans = {lv: _level_geometry(model_cfg, lv)[0] for lv in self.levels}
+            chans = {lv: level_geometry(model_cfg, lv)[0] for lv in self.levels}
             self.online["local_proj"] = nn.ModuleDict(
                 {lv: LocalHead(chans[lv], lh, dim, head_norm) for lv in self.levels}
             )
@@ -85,7 +76,7 @@ class PGLModel(nn.Module):
         self.target.requires_grad_(False)
 
     def _cells(self, model_cfg: ModelConfig, level: str) -> tuple[int, int, int]:
-        stride = _level_geometry(model_cfg, level)[1]
+        stride = level_geometry(model_cfg, level)[1]
         if any(p % s for p, s in zip(self.patch_vox, stride)):
             raise ValueError(f"patch_vox {self.patch_vox} is not divisible by the {level} stride {stride}")
         return tuple(p // s for p, s in zip(self.patch_vox, stride))  # type: ignore[return-value]
