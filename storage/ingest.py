@@ -65,6 +65,10 @@ def _case_attrs(image: Volume, meta: dict[str, Any], checksum: str, plan: Plan) 
     return attrs
 
 
+def _with_source(attrs: dict[str, Any], source: CaseSource) -> dict[str, Any]:
+    return {**attrs, "source": source.source} if source.source else attrs
+
+
 def _convert(source: CaseSource, plan: Plan, checksum: str,
              storage_options: dict | None) -> tuple[Volume, np.ndarray | None, dict[str, Any]]:
     image, label, meta = read_case(
@@ -98,12 +102,20 @@ def ingest_case(
     src = source.image_uris[0] if len(source.image_uris) == 1 else source.image_uris[0].rsplit("/", 1)[0]
     uris = source.image_uris + ((source.label_uri,) if source.label_uri else ())
     try:
+        previous = store.case_record(source.case_id)
+        if previous and previous.get("status") == "done" and source.source and previous.get("source") \
+                and previous["source"] != source.source:
+            # never overwrite a case with another input that maps to its id (not even with --force)
+            return CaseResult(source.case_id, "failed", f"case id {source.case_id!r} already holds "
+                              f"{previous['source']!r}; refusing to overwrite it with {source.source!r}", src,
+                              time.perf_counter() - t0)
         checksum = sha256_files(list(uris), storage_options)
         if not force and store.is_done(source.case_id, checksum, plan.hash):
             return CaseResult(source.case_id, "skipped", "unchanged source and plan", src,
                               time.perf_counter() - t0)
         image, label, meta = _convert(source, plan, checksum, storage_options)
-        store.write_case(source.case_id, image.array, label, _case_attrs(image, meta, checksum, plan),
+        store.write_case(source.case_id, image.array, label, _with_source(_case_attrs(image, meta, checksum, plan),
+                                                                          source),
                          chunk_vox=plan.chunk_vox, shard_vox=plan.shard_vox, zstd_level=plan.zstd_level)
         return CaseResult(source.case_id, "done", "", src, time.perf_counter() - t0, list(image.shape_zyx))
     except TRANSIENT_ERRORS:

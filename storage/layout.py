@@ -47,7 +47,7 @@ _FORBIDDEN_ATTR_KEYS = {
     "studyinstanceuid", "seriesinstanceuid", "sopinstanceuid", "studydate", "seriesdate",
 }
 _REQUIRED_ATTRS = ("spacing", "origin", "direction", "source_checksum", "plan_hash")
-_KNOWN_ATTRS = _REQUIRED_ATTRS + ("original_spacing", "original_size")
+_KNOWN_ATTRS = _REQUIRED_ATTRS + ("original_spacing", "original_size", "source")
 
 
 def check_case_id(case_id: str) -> str:
@@ -142,6 +142,7 @@ def case_attributes(
         "original_size": _opt_list(attrs.get("original_size"), int),
         "source_checksum": str(attrs["source_checksum"]),
         "plan_hash": str(attrs["plan_hash"]),
+        "source": str(attrs.get("source", "")),
         "labelled": label_counts is not None,
         "stats": stats,
         "label_counts": label_counts,

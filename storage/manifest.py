@@ -40,6 +40,7 @@ def done_record(case_attrs: dict[str, Any]) -> dict[str, Any]:
     keys = ("case_id", "shape_zyx", "spacing", "source_checksum", "plan_hash", "labelled",
             "stats", "label_counts")
     rec = {k: case_attrs[k] for k in keys}
+    rec["source"] = case_attrs.get("source", "")  # the input it came from (relative to the input root)
     rec.update(format_version=FORMAT_VERSION, status="done", written=now_iso())
     return rec
 

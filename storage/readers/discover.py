@@ -17,7 +17,7 @@ import hashlib
 import json
 import os
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
@@ -41,6 +41,7 @@ class CaseSource:
     image_uris: tuple[str, ...]
     label_uri: str | None
     split: str  # "train" | "test" | "unlabelled"
+    source: str = ""  # identity of the input: its path relative to the input root (recorded)
 
 
 class _Tree:
@@ -89,22 +90,53 @@ def _msd_cases(tree: _Tree, files: list[str]) -> list[CaseSource]:
                 continue
             label = by_rel.get(f"labelsTr/{name}") if split == "train" else None
             cases.append(CaseSource(file_stem(name), "image", (tree.uri(path),),
-                                    tree.uri(label) if label else None, split))
+                                    tree.uri(label) if label else None, split, rel))
     return cases
 
 
 def _file_cases(tree: _Tree, paths: list[str]) -> list[CaseSource]:
-    stems = defaultdict(list)
-    for path in paths:
-        stems[file_stem(path)].append(path)
-    cases = []
-    for stem, group in stems.items():
-        for path in group:
-            case_id = stem
-            if len(group) > 1:  # same stem in two folders or formats: disambiguate by path
-                case_id = f"{stem}-{hashlib.sha256(tree.rel(path).encode()).hexdigest()[:6]}"
-            cases.append(CaseSource(case_id, "image", (tree.uri(path),), None, "unlabelled"))
-    return cases
+    return [CaseSource(file_stem(p), "image", (tree.uri(p),), None, "unlabelled", tree.rel(p)) for p in paths]
+
+
+def _hashed(case: CaseSource, digits: int) -> CaseSource:
+    return replace(case, case_id=f"{case.case_id}-{hashlib.sha256(case.source.encode()).hexdigest()[:digits]}")
+
+
+def unique_case_ids(cases: list[CaseSource]) -> tuple[list[CaseSource], list[tuple[str, str]]]:
+    """Make case ids unique by construction (before anything is written): inputs that share an id
+    (``x.nii`` beside ``x.nii.gz``, one stem in two folders, ``imagesTr/x`` and ``imagesTs/x``) get
+    ``<id>-<6 hex of their relative path>``, except that one labelled training case keeps its plain
+    id (so adding a test image never renames it). Stable: the same inputs give the same ids. An id
+    that still collides (a file literally named like another's hashed id) gets a 12-digit hash;
+    anything left colliding after that is refused with the reason, never overwritten."""
+    groups: dict[str, list[CaseSource]] = defaultdict(list)
+    for c in cases:
+        groups[c.case_id].append(c)
+    out: list[CaseSource] = []
+    hashed: set[str] = set()
+    for members in groups.values():
+        if len(members) == 1:
+            out += members
+            continue
+        keep = [c for c in members if c.split == "train" and c.label_uri]
+        keep = keep[:1] if len(keep) == 1 else []
+        for c in members:
+            new = c if c in keep else _hashed(c, 6)
+            if new is not c:
+                hashed.add(new.source)
+            out.append(new)
+    counts: dict[str, int] = defaultdict(int)
+    for c in out:
+        counts[c.case_id] += 1
+    out = [_hashed(replace(c, case_id=c.case_id.rsplit("-", 1)[0]), 12)
+           if counts[c.case_id] > 1 and c.source in hashed else c for c in out]
+    final: dict[str, list[CaseSource]] = defaultdict(list)
+    for c in out:
+        final[c.case_id].append(c)
+    problems = [(c.source or c.image_uris[0], f"case id {cid!r} is claimed by {len(group)} inputs "
+                 f"({', '.join(sorted(g.source for g in group))}): refused, rename one of them")
+                for cid, group in final.items() if len(group) > 1 for c in group]
+    return [g[0] for g in final.values() if len(g) == 1], problems
 
 
 def _sniff(tree: _Tree, path: str) -> DicomHeader | None:
@@ -138,7 +170,8 @@ def _dicom_cases(headers: list[DicomHeader]) -> tuple[list[CaseSource], list[tup
             continue
         if len(with_pixels) < len(members):
             problems.append((where, f"{len(members) - len(with_pixels)} file(s) without pixel data left out of the series"))
-        cases.append(CaseSource(case_id_for(key), "dicom", tuple(with_pixels), None, "unlabelled"))
+        cases.append(CaseSource(case_id_for(key), "dicom", tuple(with_pixels), None, "unlabelled",
+                                f"dicom-series:{case_id_for(key)}"))
     return cases, problems
 
 
@@ -154,9 +187,9 @@ def discover_cases(input_uri: str, storage_options: dict | None = None,
     rels = {tree.rel(p) for p in files}
     is_msd = "dataset.json" in rels or any(r.startswith("imagesTr/") for r in rels)
     if is_msd:
-        cases = _msd_cases(tree, files)
+        cases, problems = unique_case_ids(_msd_cases(tree, files))
         info = {"layout": "msd", "label_names": _label_names(tree, files)}
-        return sorted(cases, key=lambda c: c.case_id), [], info
+        return sorted(cases, key=lambda c: c.case_id), sorted(problems), info
     volume_paths = [p for p in files if image_suffix(p) is not None]
     headers, problems = [], []
     for path in files:
@@ -170,6 +203,7 @@ def discover_cases(input_uri: str, storage_options: dict | None = None,
         if header is not None:
             headers.append(header)
     dicom, dicom_problems = _dicom_cases(headers)
-    cases = sorted(_file_cases(tree, volume_paths) + dicom, key=lambda c: c.case_id)
+    cases, id_problems = unique_case_ids(_file_cases(tree, volume_paths) + dicom)
     layout = "dicom" if dicom and not volume_paths else "folder"
-    return cases, sorted(problems + dicom_problems), {"layout": layout, "label_names": {}}
+    return (sorted(cases, key=lambda c: c.case_id), sorted(problems + dicom_problems + id_problems),
+            {"layout": layout, "label_names": {}})

@@ -1,0 +1,95 @@
+"""Case ids are unique by construction: every shape of two inputs mapping to one id is detected at
+discovery and resolved to distinct, stable ids (or refused), and a rerun never lets another input
+overwrite an existing case."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from storage.ingest import ingest_case
+from storage.plan import Plan
+from storage.readers import discover_cases
+from storage.store import DatasetStore
+
+
+def _nifti(path: Path, value: int, label: bool = False) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(value)
+    if label:
+        data = np.zeros((12, 12, 6), dtype=np.uint8)
+        data[3:9, 3:9, 1:5] = 1
+    else:
+        data = (rng.normal(40, 10, (12, 12, 6)) + value).astype(np.int16)
+        data[:2] = -1000
+    nib.save(nib.Nifti1Image(data, np.diag([2.0, 2.0, 3.0, 1.0])), str(path))
+    return path
+
+
+def _ids(root: Path) -> dict[str, str]:
+    cases, problems, _ = discover_cases(str(root))
+    assert not problems, problems
+    ids = [c.case_id for c in cases]
+    assert len(ids) == len(set(ids))
+    return {c.source: c.case_id for c in cases}
+
+
+def test_same_stem_in_two_formats_gets_two_ids(tmp_path):
+    _nifti(tmp_path / "x.nii", 1)
+    _nifti(tmp_path / "x.nii.gz", 2)
+    ids = _ids(tmp_path)
+    assert set(ids) == {"x.nii", "x.nii.gz"} and len(set(ids.values())) == 2
+    assert ids == _ids(tmp_path)  # stable
+
+
+def test_train_and_test_never_share_an_id_and_the_labelled_case_keeps_its_name(tmp_path):
+    (tmp_path / "dataset.json").write_text(json.dumps({"labels": {"0": "background", "1": "liver"}}))
+    _nifti(tmp_path / "imagesTr" / "x.nii.gz", 1)
+    _nifti(tmp_path / "labelsTr" / "x.nii.gz", 1, label=True)
+    _nifti(tmp_path / "imagesTs" / "x.nii.gz", 2)
+    ids = _ids(tmp_path)
+    assert ids["imagesTr/x.nii.gz"] == "x" and ids["imagesTs/x.nii.gz"].startswith("x-")
+
+
+def test_a_file_named_like_another_files_hashed_id_is_not_overwritten(tmp_path):
+    _nifti(tmp_path / "x.nii.gz", 1)
+    _nifti(tmp_path / "dup" / "x.nii.gz", 2)
+    hashed = _ids(tmp_path)["dup/x.nii.gz"]
+    _nifti(tmp_path / f"{hashed}.nii.gz", 3)  # a file literally named like that id
+    ids = _ids(tmp_path)
+    assert len(ids) == 3 and ids[f"{hashed}.nii.gz"] == hashed
+    assert ids["dup/x.nii.gz"] != hashed  # the hashed one moved to a longer hash
+
+
+def test_a_rerun_with_another_source_for_an_existing_id_is_refused(tmp_path):
+    root, store = tmp_path / "in", str(tmp_path / "store")
+    _nifti(root / "a" / "x.nii.gz", 1)
+    plan = Plan(target_spacing_mm=(2.0, 2.0, 3.0))
+    ds = DatasetStore(store, "d", create=True)
+    ds.ensure(plan.to_dict(), {})
+    [case] = discover_cases(str(root))[0]
+    assert ingest_case(case, store, "d", plan).status == "done"
+    assert ds.case_record("x")["source"] == "a/x.nii.gz"
+    moved = tmp_path / "in2"
+    _nifti(moved / "b" / "x.nii.gz", 5)  # another input that maps to the same id
+    [other] = discover_cases(str(moved))[0]
+    for force in (False, True):
+        res = ingest_case(other, store, "d", plan, force=force)
+        assert res.status == "failed" and "a/x.nii.gz" in res.reason and "b/x.nii.gz" in res.reason
+    assert ds.case_record("x")["status"] == "done" and ds.case_record("x")["source"] == "a/x.nii.gz"
+    # the same input again (even from a moved input root) is the same case
+    moved_same = tmp_path / "in3"
+    _nifti(moved_same / "a" / "x.nii.gz", 1)
+    [same] = discover_cases(str(moved_same))[0]
+    assert ingest_case(same, store, "d", plan).status == "skipped"
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_ids_are_unique_for_many_same_stems(tmp_path, n):
+    for i in range(n):
+        _nifti(tmp_path / f"f{i}" / "scan.nii.gz", i)
+    assert len(set(_ids(tmp_path).values())) == n
