@@ -65,6 +65,20 @@ def _case_attrs(image: Volume, meta: dict[str, Any], checksum: str, plan: Plan) 
     return attrs
 
 
+def check_declared_labels(label: np.ndarray, label_names: dict[str, str], uri: str) -> None:
+    """Refuse a label map with values the dataset does not declare (or a dataset that declares none),
+    so that the mistake stops here, naming the file and the values, not later in fine-tuning."""
+    declared = {int(k) for k in label_names}
+    if not declared - {0}:
+        raise RefusedInput(uri, "labelled case, but the dataset declares no label names (dataset.json "
+                           "'labels', e.g. {\"0\": \"background\", \"1\": \"liver\"})")
+    found = {int(v) for v in np.flatnonzero(np.bincount(label.reshape(-1), minlength=1))}
+    extra = sorted(found - declared - {0})
+    if extra:
+        raise RefusedInput(uri, f"label values {extra} are not declared by the dataset (declared: "
+                           f"{sorted(declared)}); fix the label map or dataset.json 'labels'")
+
+
 def _with_source(attrs: dict[str, Any], source: CaseSource) -> dict[str, Any]:
     return {**attrs, "source": source.source} if source.source else attrs
 
@@ -114,6 +128,8 @@ def ingest_case(
             return CaseResult(source.case_id, "skipped", "unchanged source and plan", src,
                               time.perf_counter() - t0)
         image, label, meta = _convert(source, plan, checksum, storage_options)
+        if label is not None:
+            check_declared_labels(label, store.manifest().get("label_names") or {}, source.label_uri or src)
         store.write_case(source.case_id, image.array, label, _with_source(_case_attrs(image, meta, checksum, plan),
                                                                           source),
                          chunk_vox=plan.chunk_vox, shard_vox=plan.shard_vox, zstd_level=plan.zstd_level)

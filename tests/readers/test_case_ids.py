@@ -93,3 +93,39 @@ def test_ids_are_unique_for_many_same_stems(tmp_path, n):
     for i in range(n):
         _nifti(tmp_path / f"f{i}" / "scan.nii.gz", i)
     assert len(set(_ids(tmp_path).values())) == n
+
+
+def _msd_case(root: Path, labels: dict | None, values: tuple[int, ...]):
+    root.mkdir(parents=True, exist_ok=True)
+    if labels is not None:
+        (root / "dataset.json").write_text(json.dumps({"labels": labels}))
+    _nifti(root / "imagesTr" / "c.nii.gz", 1)
+    lab = root / "labelsTr" / "c.nii.gz"
+    lab.parent.mkdir(parents=True, exist_ok=True)
+    data = np.zeros((12, 12, 6), dtype=np.uint8)
+    for i, v in enumerate(values):
+        data[2 + 2 * i:4 + 2 * i, 3:9, 1:5] = v
+    nib.save(nib.Nifti1Image(data, np.diag([2.0, 2.0, 3.0, 1.0])), str(lab))
+    cases, _, info = discover_cases(str(root))
+    return cases[0], info["label_names"]
+
+
+@pytest.mark.parametrize("labels,values,expect", [
+    ({"0": "background", "1": "liver"}, (1, 2, 255), "label values [2, 255] are not declared"),
+    (None, (1,), "declares no label names"),
+])
+def test_labels_the_dataset_does_not_declare_are_refused_at_ingest(tmp_path, labels, values, expect):
+    case, names = _msd_case(tmp_path / "in", labels, values)
+    store, plan = str(tmp_path / "store"), Plan(target_spacing_mm=(2.0, 2.0, 3.0))
+    ds = DatasetStore(store, "d", create=True)
+    ds.ensure(plan.to_dict(), names)
+    res = ingest_case(case, store, "d", plan)
+    assert res.status == "failed" and expect in res.reason and res.source.endswith("labelsTr/c.nii.gz")
+
+
+def test_declared_labels_are_accepted(tmp_path):
+    case, names = _msd_case(tmp_path / "in", {"0": "background", "1": "liver", "2": "tumour"}, (1, 2))
+    store, plan = str(tmp_path / "store"), Plan(target_spacing_mm=(2.0, 2.0, 3.0))
+    ds = DatasetStore(store, "d", create=True)
+    ds.ensure(plan.to_dict(), names)
+    assert ingest_case(case, store, "d", plan).status == "done"
