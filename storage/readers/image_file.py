@@ -8,6 +8,8 @@ multi-component images and non-finite values are refused with the reason.
 
 from __future__ import annotations
 
+import os
+
 from pathlib import Path
 
 import nibabel as nib
@@ -93,6 +95,46 @@ def _header_reader(path: str) -> sitk.ImageFileReader:
     return reader
 
 
+# Deflate (gzip / zlib) cannot compress by more than ~1032:1, so a compressed file whose header
+# claims more voxels than that allows is lying, whatever its content.
+DEFLATE_MAX_RATIO = 1032
+DETACHED_SUFFIXES = (".mhd", ".nhdr")  # header files whose pixels live in another file
+
+
+def max_voxels() -> int:
+    """Largest volume read, in voxels (env ``PGL_MAX_VOXELS``; default 2**31, e.g. 2048x1024x1024)."""
+    return int(os.environ.get("PGL_MAX_VOXELS", str(2**31)))
+
+
+def check_claimed_size(path: str, shape: tuple[int, ...], bytes_per_voxel: int) -> None:
+    """Refuse a header whose claimed size the file cannot hold, or beyond :func:`max_voxels`,
+    before any pixel memory is allocated."""
+    n = int(np.prod([int(v) for v in shape], dtype=np.int64))
+    if n > max_voxels():
+        raise RefusedInput(path, f"header claims {'x'.join(map(str, shape))} = {n:,} voxels, more than the limit "
+                           f"{max_voxels():,} (PGL_MAX_VOXELS)")
+    name = path.lower()
+    if name.endswith(DETACHED_SUFFIXES) or not os.path.isfile(path):
+        return
+    size, need = os.path.getsize(path), n * int(bytes_per_voxel)
+    if name.endswith(".nii") and size < need:
+        raise RefusedInput(path, f"header claims {'x'.join(map(str, shape))} voxels ({need:,} bytes) but the file "
+                           f"holds {size:,} bytes: truncated or a corrupt header")
+    if need > DEFLATE_MAX_RATIO * size + 4096:
+        raise RefusedInput(path, f"header claims {'x'.join(map(str, shape))} voxels ({need:,} bytes), more than "
+                           f"a {size:,}-byte file can hold even compressed: a corrupt header")
+
+
+def _bytes_per_voxel(reader: sitk.ImageFileReader, path: str) -> int:
+    """Stored bytes per voxel: NIfTI's on-disk type (ITK reports the rescaled output type), else ITK's."""
+    if image_suffix(path) in (".nii", ".nii.gz"):
+        try:
+            return int(nib.load(path).header.get_data_dtype().itemsize)
+        except Exception:  # noqa: BLE001 - nibabel cannot parse it: fall back to ITK's type
+            pass
+    return sitk.Image([1, 1, 1], reader.GetPixelID()).GetSizeOfPixelComponent() * reader.GetNumberOfComponents()
+
+
 def _read_sitk(path: str) -> sitk.Image:
     reader = _header_reader(path)
     size = reader.GetSize()
@@ -100,6 +142,7 @@ def _read_sitk(path: str) -> sitk.Image:
         raise RefusedInput(path, f"{reader.GetDimension()}D image of size {size}: one 3D volume per case expected")
     if reader.GetNumberOfComponents() != 1:
         raise RefusedInput(path, f"{reader.GetNumberOfComponents()} components per voxel: a scalar CT expected")
+    check_claimed_size(path, tuple(size), _bytes_per_voxel(reader, path))
     try:
         return reader.Execute()
     except RuntimeError as exc:
@@ -123,6 +166,7 @@ def _read_nibabel(path: str) -> np.ndarray:
         raise UnreadableInput(path, f"cannot read NIfTI header: {exc}") from exc
     if len(nii.shape) != 3:
         raise RefusedInput(path, f"{len(nii.shape)}D image of size {nii.shape}: one 3D volume per case expected")
+    check_claimed_size(path, tuple(nii.shape), nii.header.get_data_dtype().itemsize)
     data = np.asanyarray(nii.dataobj)
     return np.ascontiguousarray(data.transpose(2, 1, 0))
 

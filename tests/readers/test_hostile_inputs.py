@@ -1,6 +1,7 @@
-"""Case ids are unique by construction: every shape of two inputs mapping to one id is detected at
-discovery and resolved to distinct, stable ids (or refused), and a rerun never lets another input
-overwrite an existing case."""
+"""Hostile input at ingest: case ids are unique by construction (every shape of two inputs mapping to
+one id is resolved to distinct, stable ids or refused, and a rerun never lets another input
+overwrite an existing case); labels the dataset does not declare are refused; a header that claims
+more than its file can hold is refused before any allocation."""
 
 from __future__ import annotations
 
@@ -129,3 +130,41 @@ def test_declared_labels_are_accepted(tmp_path):
     ds = DatasetStore(store, "d", create=True)
     ds.ensure(plan.to_dict(), names)
     assert ingest_case(case, store, "d", plan).status == "done"
+
+
+def _lying_header(path: Path, dims: tuple[int, int, int], gz: bool) -> Path:
+    """A valid tiny NIfTI whose header is then edited to claim ``dims`` voxels."""
+    img = nib.Nifti1Image(np.zeros((8, 8, 4), dtype=np.int16), np.eye(4))
+    img.header.set_data_shape(dims)
+    raw = img.header.binaryblock + b"\0" * 4 + np.zeros(256, dtype=np.int16).tobytes()
+    if gz:
+        import gzip
+        raw = gzip.compress(raw)
+    path.write_bytes(raw)
+    return path
+
+
+@pytest.mark.parametrize("name,gz", [("big.nii", False), ("big.nii.gz", True)])
+def test_a_header_claiming_more_than_the_file_holds_is_refused_before_allocation(tmp_path, name, gz):
+    import resource
+
+    from storage.errors import RefusedInput
+    from storage.readers.image_file import read_image_file
+
+    path = _lying_header(tmp_path / name, (1000, 1000, 1000), gz)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(RefusedInput, match="header claims 1000x1000x1000"):
+        read_image_file(str(path))
+    grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    assert grown_kib < 200_000  # nowhere near the 2 GB the header claims
+
+
+def test_the_voxel_limit_is_configurable(tmp_path, monkeypatch):
+    from storage.errors import RefusedInput
+    from storage.readers.image_file import read_image_file
+
+    path = _nifti(tmp_path / "ok.nii.gz", 1)
+    read_image_file(str(path))
+    monkeypatch.setenv("PGL_MAX_VOXELS", "100")
+    with pytest.raises(RefusedInput, match="more than the limit 100"):
+        read_image_file(str(path))
