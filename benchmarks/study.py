@@ -116,8 +116,9 @@ def pretrain(cfg: Any, store_root: str, datasets: list[str], mode: str, work: st
 def _class_dice(model_dir: str, store_root: str, dataset: str, out: str, device: str | None) -> dict[str, float]:
     from pgl_core.evaluate import evaluate_model
 
-    summary = evaluate_model(model_dir, store_root, dataset, out, split="test", overlays=0, device=device)
-    return {name: float(v["dice"]["mean"]) for name, v in summary["per_class"].items()}
+    from pgl_core.evaluation.report import class_dice
+
+    return class_dice(evaluate_model(model_dir, store_root, dataset, out, split="test", overlays=0, device=device))
 
 
 def finetune_eval(cfg: Any, store_root: str, dataset: str, init: str, seed: int, work: str,

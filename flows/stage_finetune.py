@@ -22,6 +22,7 @@ from flows.stage_common import (TRACKING_LOCK, LaunchSpec, config_sections, cont
                                 join, launch_task, local_files, manifest_hashes, register_parent,
                                 resolve_config, stage_key, stage_run, unchanged, write_marker)
 from pgl_core.config import PGLConfig, config_to_dict
+from pgl_core.evaluation.report import class_dice
 from storage.store import DatasetStore
 
 FINETUNE_MODULE = "pgl_core.finetune"
@@ -49,17 +50,6 @@ def _mean_dice(summary: dict[str, Any]) -> float | None:
         return float(summary["overall"]["dice"]["mean"])
     except (KeyError, TypeError, ValueError):
         return None
-
-
-def _class_dice(summary: dict[str, Any]) -> dict[str, float]:
-    """{class name: mean Dice over the evaluated cases}."""
-    out = {}
-    for name, metrics in (summary.get("per_class") or {}).items():
-        try:
-            out[name] = float(metrics["dice"]["mean"])
-        except (KeyError, TypeError, ValueError):
-            continue
-    return out
 
 
 @task(name="evaluate-model", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_transient,
@@ -100,7 +90,7 @@ def run_evaluate(model: str, store: str, dataset: str, output: str, split: str =
                 sink.log_artifacts(pngs, "overlays")
     result = {"stage": "evaluate", "status": "done", "dataset": dataset, "model": model, "output": output,
               "key": key, "mean_dice": _mean_dice(summary), "split": split, "run_id": sink.run_id,
-              "overall": summary.get("overall"), "per_class": _class_dice(summary)}
+              "overall": summary.get("overall"), "per_class": class_dice(summary)}
     write_marker(output, key, result)
     logger.info("evaluate %s: mean Dice %s", dataset, result["mean_dice"])
     return result

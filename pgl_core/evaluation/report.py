@@ -66,6 +66,17 @@ def summarise(per_case: list[dict[str, Any]]) -> dict[str, Any]:
     return {"n_cases": len(per_case), "per_class": per_class, "overall": overall}
 
 
+def class_dice(summary: dict[str, Any]) -> dict[str, float]:
+    """``{class: mean Dice}`` of a summary (:func:`summarise`); classes without a usable Dice are left out."""
+    out = {}
+    for name, metrics in (summary.get("per_class") or {}).items():
+        try:
+            out[name] = float(metrics["dice"]["mean"])
+        except (KeyError, TypeError, ValueError):
+            continue
+    return out
+
+
 def _csv_value(x: float | int) -> str:
     return "" if isinstance(x, float) and not math.isfinite(x) else repr(x) if isinstance(x, float) else str(x)
 
