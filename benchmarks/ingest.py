@@ -1,6 +1,6 @@
 """Ingest benchmark: DICOM series -> canonical, resampled int16 Zarr, against its floor and .nii.gz.
 
-Builds a few CT-like DICOM series (``storage.phantoms``, default 3 cases of 120 x 512 x 512, kept
+Builds a few CT-like DICOM series (``phantoms``, default 3 cases of 120 x 512 x 512, kept
 in ``--data`` for reuse), warms the page cache, then times each case in worker processes: one
 long-lived process per method that takes the cases one after another, as a preprocessing worker
 does; after one untimed warm-up case per worker, each case runs through every method back to
@@ -166,7 +166,7 @@ def _timed(case: Any) -> dict[str, Any]:
 
 def make_data(data: str, n: int, shape_zyx: tuple[int, int, int]) -> str:
     """The DICOM phantom folder for (n, shape), generated once and reused."""
-    from storage.phantoms import write_dataset
+    from phantoms import write_dataset
     marker = os.path.join(data, "bench.json")
     want = {"n": n, "shape_zyx": list(shape_zyx)}
     if os.path.exists(marker) and json.load(open(marker)) == want:

@@ -3,7 +3,7 @@ global-only (BYOL) vs PGL initialisation, at any size, on CPU or GPU. The pipeli
 protocol through Prefect (``pgl study``, ``make demo``); this script is what a bare GPU machine runs
 (``benchmarks/study_gpu.sh``).
 
-1. write phantom datasets (``storage.phantoms``, portal venous): an unlabelled pool plus the
+1. write phantom datasets (``phantoms``, portal venous): an unlabelled pool plus the
    labelled kinds (``--kinds``; btcv, lits, kits, spleen), ``--cases`` each, ``--shape`` (z, y, x);
 2. ingest them all with ONE plan (``--spacing`` x y z mm) into a local Zarr store;
 3. pretrain twice on the pool plus every image of every dataset: ``loss.mode=global`` (BYOL) and
@@ -50,7 +50,7 @@ SMALL = {"shape": (16, 32, 32), "cases": 4, "pool": 2, "seeds": 2,
 def write_phantoms(raw_dir: str, shape_zyx: tuple[int, int, int], cases: int, pool: int,
                    seed: int) -> dict[str, str]:
     """Phantom datasets under ``raw_dir``; returns kind -> MSD folder (pool included when > 0)."""
-    from storage.phantoms import write_dataset
+    from phantoms import write_dataset
 
     folders = {}
     for kind, n in [("pool", pool)] + [(k, cases) for k in KINDS]:

@@ -27,13 +27,9 @@ from typing import Any
 
 import yaml
 
-DEPLOYMENT_FLOWS = {
-    "preprocess": "flows.preprocess:preprocess_flow",
-    "pretrain": "flows.stage_pretrain:pretrain_flow",
-    "finetune": "flows.stage_finetune:finetune_flow",
-    "evaluate": "flows.stage_finetune:evaluate_flow",
-    "pipeline": "flows.pipeline:pipeline_flow",
-}
+from flows.stages import STAGES, load_flow
+
+DEPLOYMENT_FLOWS = STAGES  # one deployment per stage, named after it
 SCHEDULE_KEYS = {"cron", "interval", "parameters", "paused", "description", "tags"}
 
 
@@ -54,13 +50,6 @@ def load_schedules(path: str | Path | None) -> dict[str, dict[str, Any]]:
     return {name: dict(entry or {}) for name, entry in entries.items()}
 
 
-def _flow(ref: str) -> Any:
-    import importlib
-
-    module, name = ref.split(":")
-    return getattr(importlib.import_module(module), name)
-
-
 def build_deployments(schedules: dict[str, dict[str, Any]] | None = None,
                       names: list[str] | None = None) -> list[Any]:
     """One ``RunnerDeployment`` per flow (named after it), with its optional schedule and defaults."""
@@ -69,7 +58,7 @@ def build_deployments(schedules: dict[str, dict[str, Any]] | None = None,
     out = []
     for name in names or list(DEPLOYMENT_FLOWS):
         entry = (schedules or {}).get(name, {})
-        flow = _flow(DEPLOYMENT_FLOWS[name])
+        flow = load_flow(name)
         out.append(flow.to_deployment(
             name=name, cron=entry.get("cron"), interval=entry.get("interval"), paused=entry.get("paused"),
             parameters=entry.get("parameters"), description=entry.get("description"),

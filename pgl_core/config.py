@@ -23,33 +23,9 @@ from pydantic import Field, ValidationError
 from pgl_core.config_base import Section as _Section
 from pgl_core.config_base import Triple, TripleF
 from pgl_core.finetune_config import FinetuneAugConfig, FinetuneConfig
+from storage.plan import PlanRequest
 
 __all__ = ["PGLConfig", "ConfigError", "load_config", "FinetuneConfig", "FinetuneAugConfig", "Triple", "TripleF"]
-
-
-class PreprocessConfig(_Section):
-    """How raw CT becomes the canonical int16 store (ingest)."""
-
-    target_spacing_mm: TripleF | None = Field(
-        None, description="Output spacing (x, y, z) in mm; None = the dataset's median spacing."
-    )
-    chunk_vox: Triple = Field((32, 64, 64), description="Zarr chunk shape (z, y, x) for image and label.")
-    shard_vox: Triple | None = Field(
-        None,
-        description="Zarr shard shape (z, y, x). None = no shards on local disk, (128, 256, 256) "
-        "on object stores (fewer, larger objects).",
-    )
-    zstd_level: int = Field(
-        1, ge=1, le=9, description="zstd level of the arrays' chunks (zstd inside Blosc, byte shuffle)."
-    )
-    allow_non_ct: bool = Field(False, description="Accept DICOM modalities other than CT.")
-    spacing_tolerance: float = Field(
-        0.1, gt=0, description="Relative tolerance on slice spacing uniformity before a series is refused."
-    )
-    hu_range_check: TripleF = Field(
-        (-2048.0, 4095.0, 0.0),
-        description="(min, max, unused) plausible HU; a volume whose values fall mostly outside is refused.",
-    )
 
 
 class IntensityConfig(_Section):
@@ -177,7 +153,7 @@ class TrainConfig(_Section):
 class PGLConfig(_Section):
     """Everything that decides results."""
 
-    preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
+    preprocess: PlanRequest = Field(default_factory=PlanRequest)
     intensity: IntensityConfig = Field(default_factory=IntensityConfig)
     views: ViewConfig = Field(default_factory=ViewConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)

@@ -30,3 +30,8 @@ class UnreadableInput(StorageError):
 
 class TransientIOError(StorageError):
     """A storage failure worth retrying (network, throttling)."""
+
+
+# What a retry can cure: network, throttling, timeouts (never a data problem). Ingest re-raises
+# these instead of recording a failed case; the flows' retry conditions retry exactly these.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (TransientIOError, ConnectionError, TimeoutError)

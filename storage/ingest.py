@@ -16,16 +16,17 @@ from typing import Any, Literal
 import numpy as np
 
 from storage.checksum import sha256_files
-from storage.errors import RefusedInput, TransientIOError, UnreadableInput
+from storage.errors import TRANSIENT_ERRORS, RefusedInput, UnreadableInput
 from storage.geometry import canonicalize, resample, to_int16_hu
-from storage.plan import Plan
+from storage.geometry import median_spacing
+from storage.plan import Plan, PlanRequest
+from storage.probe import probe_spacing
 from storage.readers import CaseSource, read_case
 from storage.store import DatasetStore
+from storage.uri import is_object_store
 from storage.volume import Volume
 
 log = logging.getLogger(__name__)
-
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (TransientIOError, ConnectionError, TimeoutError)
 
 
 @dataclass
@@ -145,3 +146,29 @@ def ingest_case(
         reason, culprit = f"unexpected {type(err).__name__}: {str(err)[:300]}", src
     store.write_failure(source.case_id, reason, culprit)
     return CaseResult(source.case_id, "failed", reason, culprit, time.perf_counter() - t0)
+
+
+def choose_plan(ds: DatasetStore, cases: list[CaseSource], request: PlanRequest,
+                storage_options: dict | None = None) -> Plan:
+    """The dataset's plan: the one its manifest holds (a request for another spacing is refused),
+    else ``request`` with the spacing decided (the median over the cases' headers when not given)."""
+    existing = ds.manifest().get("plan") if ds.exists() else None
+    if existing:
+        plan = Plan.from_dict(existing)
+        if request.target_spacing_mm and tuple(request.target_spacing_mm) != plan.target_spacing_mm:
+            raise ValueError(
+                f"dataset {ds.dataset} already uses target spacing {plan.target_spacing_mm}; "
+                f"requested {request.target_spacing_mm}. Use another dataset name.")
+        return plan
+    spacing = request.target_spacing_mm
+    if spacing is None:
+        probes = []
+        for c in cases:
+            try:
+                probes.append(probe_spacing(c, storage_options))
+            except Exception as err:  # noqa: BLE001 - the case will fail later with its reason
+                log.debug("spacing probe failed for %s: %s", c.case_id, err)
+        if not probes:
+            raise ValueError("no readable case to derive the median spacing from; give --target-spacing")
+        spacing = median_spacing(probes)
+    return Plan.from_request(request, spacing, is_object_store(ds.root_uri))

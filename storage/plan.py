@@ -10,10 +10,32 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from storage.manifest import plan_hash
 
 PLAN_FORMAT_VERSION = 1
 DEFAULT_OBJECT_STORE_SHARD_VOX = (128, 256, 256)
+
+
+class PlanRequest(BaseModel):
+    """What a user asks of ingest (the ``preprocess`` section of the configuration); the
+    :class:`Plan` is this with the spacing and shards decided (:meth:`Plan.from_request`).
+    Sizes (z, y, x) voxels, spacing (x, y, z) mm."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    target_spacing_mm: tuple[float, float, float] | None = Field(
+        None, description="Output spacing (x, y, z) in mm; None = the dataset's median spacing.")
+    chunk_vox: tuple[int, int, int] = Field((32, 64, 64), description="Zarr chunk shape (z, y, x) for image and label.")
+    shard_vox: tuple[int, int, int] | None = Field(
+        None, description="Zarr shard shape (z, y, x). None = no shards on local disk, (128, 256, 256) "
+        "on object stores (fewer, larger objects).")
+    zstd_level: int = Field(1, ge=1, le=9, description="zstd level of the arrays' chunks (zstd inside Blosc, "
+                            "byte shuffle).")
+    allow_non_ct: bool = Field(False, description="Accept DICOM modalities other than CT.")
+    spacing_tolerance: float = Field(
+        0.1, gt=0, description="Relative tolerance on slice spacing uniformity before a series is refused.")
 
 
 @dataclass(frozen=True)
@@ -47,6 +69,16 @@ class Plan:
             if d.get(key) is not None:
                 d[key] = tuple(d[key])
         return cls(**d)
+
+    @classmethod
+    def from_request(cls, request: PlanRequest, spacing_mm: tuple[float, float, float],
+                     object_store: bool) -> "Plan":
+        """The plan for ``request`` with ``spacing_mm`` decided (rounded to 0.1 um); shards default
+        to :data:`DEFAULT_OBJECT_STORE_SHARD_VOX` on object stores."""
+        shard = request.shard_vox or (DEFAULT_OBJECT_STORE_SHARD_VOX if object_store else None)
+        return cls(target_spacing_mm=tuple(round(float(s), 4) for s in spacing_mm), chunk_vox=request.chunk_vox,
+                   shard_vox=shard, zstd_level=request.zstd_level, allow_non_ct=request.allow_non_ct,
+                   spacing_tolerance=request.spacing_tolerance)
 
     @property
     def hash(self) -> str:

@@ -1,4 +1,5 @@
-"""Package boundaries: imports flow flows -> pgl_core -> storage (import-linter contracts)."""
+"""Package boundaries: imports flow flows -> pgl_core -> storage, and phantoms -> storage only
+(import-linter contracts)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 FORBIDDEN = {
-    "storage": {"torch", "prefect", "prefect_dask", "mlflow", "dask", "distributed", "flows", "pgl_core"},
-    "pgl_core": {"prefect", "prefect_dask", "mlflow", "zarr", "fsspec", "s3fs", "dask", "distributed", "flows"},
+    "storage": {"torch", "prefect", "prefect_dask", "mlflow", "dask", "distributed", "flows", "pgl_core",
+                "phantoms"},
+    "pgl_core": {"prefect", "prefect_dask", "mlflow", "zarr", "fsspec", "s3fs", "dask", "distributed", "flows",
+                 "phantoms"},
+    "phantoms": {"torch", "prefect", "prefect_dask", "mlflow", "dask", "distributed", "flows", "pgl_core"},
 }
 
 

@@ -9,8 +9,8 @@ import pytest
 
 from pgl_core.config import PGLConfig, load_config
 from storage.ingest import ingest_case
-from storage.phantoms import KINDS, generate_case
-from storage.phantoms.writers import write_nifti
+from phantoms import KINDS, generate_case
+from phantoms.writers import write_nifti
 from storage.plan import Plan
 from storage.readers import CaseSource
 from storage.store import DatasetStore

@@ -47,6 +47,7 @@ def test_cli_nproc_2_launches_torchrun(kits_store, tmp_path, monkeypatch, capsys
     out = tmp_path / "cli"
     sets = [a for s in [*FAST, *SMALL_PATCH, "finetune.eval_every=2"] for a in ("--set", s)]
     code = pgl(["finetune", "--store", kits_store, "--dataset", "kits", "--output", str(out), "--preset", "tiny",
-                "--steps", "2", "--labelled", "2", "--nproc", "2", "--device", "cpu", *sets])
+                "--steps", "2", "--labelled", "2", "--nproc", "2", "--device", "cpu",
+                "--workdir", str(tmp_path / "w"), *sets])
     assert code == 0, capsys.readouterr()
     assert len(ckpt.load_latest(str(out))[0]["rng"]) == 2 and (out / "model" / "model.pt").is_file()

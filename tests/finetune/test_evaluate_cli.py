@@ -12,7 +12,7 @@ import SimpleITK as sitk
 from flows.cli import main as pgl
 from pgl_core.evaluate import evaluate_model
 from pgl_core.seg_contract import ContractMismatch
-from storage.phantoms import generate_case
+from phantoms import generate_case
 from tests.finetune.conftest import SMALL_PATCH, make_store
 
 
@@ -49,11 +49,11 @@ def test_cli_finetune_evaluate_predict(kits_store, tmp_path, capsys):
     run = tmp_path / "run"
     sets = [a for s in [*SMALL_PATCH, "finetune.eval_every=2", "finetune.log_every=1"] for a in ("--set", s)]
     code = pgl(["finetune", "--store", kits_store, "--dataset", "kits", "--output", str(run), "--preset", "tiny",
-                "--steps", "2", "--labelled", "2", *sets])
+                "--steps", "2", "--labelled", "2", "--workdir", str(tmp_path / "w"), *sets])
     assert code == 0, capsys.readouterr().err
     assert "model:" in capsys.readouterr().out and (run / "model" / "contract.json").is_file()
     assert pgl(["evaluate", "--model", str(run / "model"), "--store", kits_store, "--dataset", "kits",
-                "--output", str(tmp_path / "ev"), "--overlays", "0"]) == 0
+                "--output", str(tmp_path / "ev"), "--overlays", "0", "--workdir", str(tmp_path / "w")]) == 0
     assert (tmp_path / "ev" / "metrics.json").is_file()
     image, _ = generate_case("kits", 2, (12, 32, 32), ras=True)
     src, dst = tmp_path / "ct.nii.gz", tmp_path / "labels.nii.gz"
@@ -62,5 +62,5 @@ def test_cli_finetune_evaluate_predict(kits_store, tmp_path, capsys):
     assert sitk.ReadImage(str(dst)).GetSize() == sitk.ReadImage(str(src)).GetSize()
     assert pgl(["predict", "--model", str(tmp_path / "nope"), "--input", str(src), "--output", str(dst)]) == 2
     assert pgl(["finetune", "--store", kits_store, "--dataset", "kits", "--output", str(tmp_path / "r2"),
-                "--preset", "tiny", "--labelled", "9"]) == 2
+                "--preset", "tiny", "--labelled", "9", "--workdir", str(tmp_path / "w")]) == 2
     assert "only 3" in capsys.readouterr().err

@@ -11,7 +11,7 @@ from pgl_core.finetune import run_finetuning
 from pgl_core.metrics import NullSink
 from pgl_core.predict import predict_file
 from storage import blobs
-from storage.phantoms import generate_case
+from phantoms import generate_case
 from tests.finetune.conftest import SMALL_PATCH, tiny_cfg
 
 pytestmark = [pytest.mark.s3, pytest.mark.slow]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from storage.phantoms import write_dataset
+from phantoms import write_dataset
 
 SHAPE = (24, 64, 64)
 

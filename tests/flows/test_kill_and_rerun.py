@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from storage.phantoms import write_dataset
+from phantoms import write_dataset
 from storage.store import DatasetStore
 
 pytestmark = [pytest.mark.flows, pytest.mark.slow]

@@ -10,8 +10,8 @@ import pytest
 import SimpleITK as sitk
 
 from flows.cli import main
-from flows.preprocess import preprocess
-from pgl_core.config import PreprocessConfig
+from flows.stages.preprocess import preprocess
+from storage.plan import PlanRequest
 from storage.store import DatasetStore
 
 pytestmark = pytest.mark.flows
@@ -19,8 +19,8 @@ pytestmark = pytest.mark.flows
 SPACING = (2.5, 2.5, 4.0)
 
 
-def _cfg() -> PreprocessConfig:
-    return PreprocessConfig(target_spacing_mm=SPACING)
+def _cfg() -> PlanRequest:
+    return PlanRequest(target_spacing_mm=SPACING)
 
 
 def _stored_image(ds: DatasetStore, case: str, array: str = "image") -> sitk.Image:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from storage.phantoms import write_dataset
+from phantoms import write_dataset
 
 SHAPE = (32, 64, 64)
 # The smallest run that still exercises every stage: a few steps, validation once.

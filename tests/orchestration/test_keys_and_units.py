@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from flows.multinode import pick_workers, worker_host
-from flows.pipeline import discover_inputs, summarise_results
+from flows.launch import pick_workers, train_argv, worker_host
 from flows.serve import DEPLOYMENT_FLOWS, build_deployments, load_schedules
-from flows.stage_common import (config_sections, read_marker, resolve_config, stage_key, train_argv, unchanged,
-                                write_marker)
-from flows.stage_finetune import FINETUNE_SECTIONS, finetune_key
-from flows.stage_pretrain import PRETRAIN_SECTIONS, pretrain_key
+from flows.stages.keys import config_sections, read_marker, resolve_config, stage_key, unchanged, write_marker
+from flows.stages.pipeline import discover_inputs
+from flows.stages.results import summarise_results
+from flows.stages.finetune import FINETUNE_SECTIONS, finetune_key
+from flows.stages.pretrain import PRETRAIN_SECTIONS, pretrain_key
 
 
 def test_pretrain_key_depends_on_its_sections_and_manifests_only():
@@ -113,13 +113,14 @@ def test_schedules_file_and_deployments(tmp_path: Path):
 
 def test_cli_parses_pipeline_and_serve():
     from flows.cli import build_parser
+    from flows.cli.ops import cmd_pipeline, cmd_serve
 
     args = build_parser().parse_args(["pipeline", "--input", "raw", "--store", "st", "--output", "out",
                                       "--inits", "pgl,random", "--seeds", "0,1,2", "--set", "train.steps=2"])
     assert args.inits == ["pgl", "random"] and args.seeds == [0, 1, 2] and args.overrides == ["train.steps=2"]
-    assert args.handler == "flows.ops_commands:cmd_pipeline"
+    assert args.handler is cmd_pipeline
     args = build_parser().parse_args(["serve", "--only", "pretrain,pipeline"])
-    assert args.only == ["pretrain", "pipeline"] and args.handler == "flows.ops_commands:cmd_serve"
+    assert args.only == ["pretrain", "pipeline"] and args.handler is cmd_serve
 
 
 def test_deploy_files_match_the_flows():

@@ -1,5 +1,5 @@
 """Multi-node training launched on a Dask cluster: two worker processes, one torchrun node each,
-two CPU ranks (gloo) in one job, through the same code path as the flows (``stage_common.launch``)."""
+two CPU ranks (gloo) in one job, through the same code path as the flows (``flows.launch.launch``)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from flows.launch import LaunchError
-from flows.stage_common import LaunchSpec, launch, resolve_config
+from flows.launch import LaunchSpec, launch
+from flows.stages.keys import resolve_config
 from pgl_core.contract import load_contract
 
 pytestmark = [pytest.mark.ddp, pytest.mark.slow]

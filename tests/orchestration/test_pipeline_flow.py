@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from prefect import flow
 
-from flows.pipeline import PipelineFailed, _finetune_grid, pipeline_flow
-from flows.stage_finetune import finetune_flow
+from flows.stages.pipeline import PipelineFailed, _finetune_grid, pipeline_flow
+from flows.stages.finetune import finetune_flow
 from tests.orchestration.conftest import TINY
 
 pytestmark = [pytest.mark.flows, pytest.mark.slow]

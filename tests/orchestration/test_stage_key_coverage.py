@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from flows.stage_common import resolve_config
-from flows.stage_finetune import FINETUNE_SECTIONS, finetune_key
-from flows.stage_pretrain import PRETRAIN_SECTIONS, pretrain_key
+from flows.stages.keys import resolve_config
+from flows.stages.finetune import FINETUNE_SECTIONS, finetune_key
+from flows.stages.pretrain import PRETRAIN_SECTIONS, pretrain_key
 from pgl_core.config import PGLConfig, config_to_dict
 
 ROOT = Path(__file__).resolve().parents[2]

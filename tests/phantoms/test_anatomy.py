@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from storage.phantoms import KINDS, generate_case, render_case
-from storage.phantoms.acquisition import draw_acquisition
-from storage.phantoms.anatomy import TISSUE_ID
+from phantoms import KINDS, generate_case, render_case
+from phantoms.acquisition import draw_acquisition
+from phantoms.anatomy import TISSUE_ID
 from storage.volume import Volume
 
 
@@ -203,7 +203,7 @@ def test_small_case_is_fast():
 
 
 def test_slab_by_slab_painting_matches_one_pass():
-    from storage.phantoms.case import paint_volume
+    from phantoms.case import paint_volume
 
     case = render_case("kits", 6, (20, 48, 40), oblique=True)
     grid = case.acquisition.grid(case.anatomy.centre_mm)

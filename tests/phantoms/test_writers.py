@@ -10,8 +10,8 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-from storage.phantoms import KINDS, case_seed, generate_case, render_case, write_dataset
-from storage.phantoms.writers import DicomIdentity, write_dicom_series, write_nifti
+from phantoms import KINDS, case_seed, generate_case, render_case, write_dataset
+from phantoms.writers import DicomIdentity, write_dicom_series, write_nifti
 
 SMALL = (12, 40, 48)
 

@@ -13,7 +13,7 @@ from tests.plugins.mlflow_server import free_port
 
 
 def test_unreachable_server_warns_once_and_keeps_metrics_locally(tmp_path: Path, monkeypatch) -> None:
-    from flows import tracking
+    from flows.tracking import mlflow_run as tracking
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")  # nothing listens
     start = time.monotonic()
@@ -48,7 +48,7 @@ def test_unreachable_server_warns_once_and_keeps_metrics_locally(tmp_path: Path,
 
 
 def test_a_failure_mid_run_goes_offline_without_raising(tmp_path: Path, monkeypatch) -> None:
-    from flows import tracking
+    from flows.tracking import mlflow_run as tracking
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     link = tracking._Link(client=_Broken(), online=True)

@@ -13,7 +13,7 @@ import SimpleITK as sitk
 from tests.tracking.standins import make_model_dir, write_ct
 
 ROOT = Path(__file__).resolve().parents[2]
-ADAPTER = {"flows/tracking.py", "flows/registry.py", "flows/pyfunc_model.py"}
+ADAPTER = {"flows/tracking/mlflow_run.py", "flows/tracking/registry.py", "flows/tracking/pyfunc_model.py"}
 
 
 def test_only_the_tracking_adapter_imports_mlflow() -> None:
@@ -26,13 +26,13 @@ def test_only_the_tracking_adapter_imports_mlflow() -> None:
                 if any(n == "mlflow" or n.startswith("mlflow.") for n in names):
                     importers.add(str(path.relative_to(ROOT)))
     assert importers <= ADAPTER, f"mlflow imported outside the adapter: {sorted(importers - ADAPTER)}"
-    assert "flows/tracking.py" in importers
+    assert "flows/tracking/mlflow_run.py" in importers
 
 
 def _loaded(model_dir: str):
     import mlflow.pyfunc
 
-    from flows.pyfunc_model import PGLSegmenterModel
+    from flows.tracking.pyfunc_model import PGLSegmenterModel
 
     model = PGLSegmenterModel()
     model.load_context(mlflow.pyfunc.PythonModelContext(artifacts={"model_dir": model_dir}, model_config={}))
@@ -55,7 +55,7 @@ def test_predict_writes_label_maps_in_the_input_geometry(tmp_path: Path, shape: 
 
 
 def test_bad_records_and_predictors_name_the_problem(tmp_path: Path) -> None:
-    from flows.pyfunc_model import load_predictor, records_of
+    from flows.tracking.pyfunc_model import load_predictor, records_of
 
     with pytest.raises(ValueError, match="record 1 needs"):
         records_of([{"input": "a", "output": "b"}, {"input": "c"}])
@@ -66,7 +66,7 @@ def test_bad_records_and_predictors_name_the_problem(tmp_path: Path) -> None:
 
 
 def test_resolve_model_accepts_a_local_dir_and_refuses_others(tmp_path: Path) -> None:
-    from flows.registry import resolve_model
+    from flows.tracking.registry import resolve_model
 
     model_dir = make_model_dir(tmp_path / "m")
     assert resolve_model(model_dir) == str(Path(model_dir).resolve())

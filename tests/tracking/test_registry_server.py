@@ -24,7 +24,8 @@ DICE = {1: 0.70, 2: 0.80, 3: 0.75}
 @pytest.fixture(scope="module")
 def segmenter(mlflow_server, tmp_path_factory):
     """Three versions of ``pgl-seg-<ds>`` registered from one pipeline run's finetune stages."""
-    from flows import registry, tracking
+    from flows.tracking import mlflow_run as tracking
+    from flows.tracking import registry
 
     dataset = f"ds{uuid.uuid4().hex[:6]}"
     tmp = tmp_path_factory.mktemp("segmenter")
@@ -71,7 +72,7 @@ def test_candidate_on_every_version_champion_only_when_better(segmenter, mlflow_
 
 
 def test_resolve_model_downloads_the_champion_dir(segmenter, mlflow_server, s3_server, tmp_path) -> None:
-    from flows.registry import resolve_model
+    from flows.tracking.registry import resolve_model
 
     dataset, _, _ = segmenter
     local = resolve_model(f"models:/pgl-seg-{dataset}@champion", cache_dir=tmp_path / "cache",
@@ -116,7 +117,7 @@ def test_fresh_process_loads_the_champion_pyfunc_and_predicts(segmenter, mlflow_
 
 
 def test_register_encoder_from_s3_output(mlflow_server, s3_server, tmp_path) -> None:
-    from flows.registry import register_encoder, resolve_model
+    from flows.tracking.registry import register_encoder, resolve_model
     from storage import blobs
 
     output_uri = s3_server.make_bucket() + "/pretrain/run-1"

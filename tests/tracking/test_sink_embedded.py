@@ -19,7 +19,7 @@ def no_server(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.slow
 def test_parent_and_stage_runs_land_in_the_workdir_sqlite(tmp_path: Path, no_server) -> None:
-    from flows import tracking
+    from flows.tracking import mlflow_run as tracking
 
     cfg = config_to_dict(load_config(preset="tiny"))
     manifest = {"plan_hash": "p1", "cases": {"c0": {"status": "done", "plan_hash": "p1",
@@ -73,7 +73,8 @@ def test_parent_and_stage_runs_land_in_the_workdir_sqlite(tmp_path: Path, no_ser
 
 @pytest.mark.slow
 def test_embedded_registry_and_resolve(tmp_path: Path, no_server) -> None:
-    from flows import registry, tracking
+    from flows.tracking import mlflow_run as tracking
+    from flows.tracking import registry
     from tests.tracking.standins import make_model_dir
 
     parent = tracking.start_run(tmp_path / "work", "pipeline")

@@ -1,0 +1,108 @@
+"""The ``pgl`` command line: one subcommand per stage, each with ``--help``.
+
+One module per command group holds the parsers and the handlers of its commands:
+``data`` (phantoms, preprocess), ``train`` (pretrain), ``seg`` (finetune, evaluate, predict),
+``ops`` (pipeline, serve), ``study`` (demo, study). Each adds its subcommands through
+``add_parsers(sub)`` and sets ``handler`` to its function; handlers import the heavy parts (Prefect,
+torch, MLflow) only when their command runs, after the runtime is configured. Handlers of the stages
+call the stage's flow (``flows/stages/``), so a command gets the same key, skip and tracking as the
+pipeline and the UI. Exit status: 0 on full success, 1 when some work items failed (after all others
+finished), 2 on usage or configuration errors, 75 when training was preempted after a checkpoint
+(rerun the same command to resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Callable
+
+from flows import runtime
+from pgl_core.config import add_config_arguments
+
+EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_PREEMPTED = 0, 1, 2, 75
+PARSER_MODULES = ("flows.cli.data", "flows.cli.train", "flows.cli.seg", "flows.cli.ops", "flows.cli.study")
+
+
+class UsageError(Exception):
+    """A bad flag or value; the CLI prints it and exits 2."""
+
+
+def triple(kind: type) -> Callable[[str], tuple]:
+    """argparse type for ``a,b,c`` (or ``axbxc``) triples."""
+    def parse(text: str) -> tuple:
+        parts = [p for p in text.replace("x", ",").split(",") if p.strip()]
+        if len(parts) != 3:
+            raise argparse.ArgumentTypeError(f"expected three comma-separated numbers, got {text!r}")
+        try:
+            return tuple(kind(p) for p in parts)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not numbers: {text!r}") from None
+    return parse
+
+
+def add_config_args(p: argparse.ArgumentParser, preset: bool = False) -> None:
+    """``--config FILE`` and repeatable ``--set key=value`` (and ``--preset`` when asked)."""
+    add_config_arguments(p, preset=preset)
+
+
+def add_stage_args(p: argparse.ArgumentParser) -> None:
+    """What every training stage command shares with its flow: the work folder, force, registration."""
+    p.add_argument("--max-steps", type=int, help="Stop after this many steps of this invocation (resumable; "
+                   "the stage is done, evaluated and registered only when every step ran).")
+    p.add_argument("--force", action="store_true", help="Train even when config and inputs are unchanged since "
+                   "the last finished run (a rerun is otherwise skipped and says so).")
+    p.add_argument("--no-register", dest="register", action="store_false",
+                   help="Do not register the result in the MLflow model registry.")
+    p.add_argument("--workdir", default="pgl-work", help="Folder of the embedded MLflow store, the model cache "
+                   "and the Prefect home (default pgl-work; MLFLOW_TRACKING_URI / PREFECT_API_URL take "
+                   "precedence). Run `pgl serve` from the same folder to share them.")
+
+
+def run_training_stage(command: str, call: Callable[[], dict]) -> dict | int:
+    """Run a training stage's flow for the CLI: its result, or the exit status of a failure (2 for a
+    configuration error the training reported, 75 when preempted after a checkpoint, 1 otherwise)
+    with the reason on stderr."""
+    from flows.launch import LaunchError, Preempted
+
+    try:
+        return call()
+    except Preempted as err:
+        print(f"pgl {command}: {err}", file=sys.stderr)
+        return EXIT_PREEMPTED
+    except LaunchError as err:
+        if err.returncode == EXIT_USAGE:
+            reason = next((line for line in reversed(err.tail) if line.strip()), str(err))
+            print(f"pgl {command}: error: {reason}", file=sys.stderr)
+            return EXIT_USAGE
+        print(f"pgl {command}: {err}", file=sys.stderr)
+        return EXIT_PARTIAL
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pgl", description="PGL self-supervised pretraining pipeline for 3D CT segmentation.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in PARSER_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as err:
+            if err.name != name:
+                raise
+            continue
+        module.add_parsers(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    runtime.configure(getattr(args, "workdir", None))
+    from pgl_core.config import ConfigError
+
+    try:
+        return args.handler(args)
+    except (UsageError, ConfigError) as err:
+        print(f"pgl {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+

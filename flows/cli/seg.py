@@ -1,0 +1,132 @@
+"""``pgl finetune``, ``pgl evaluate`` and ``pgl predict``: the segmentation side of the command line.
+``finetune`` and ``evaluate`` run their stages' flows (key, skip, MLflow run, registration);
+``predict`` applies a model to one scan."""
+
+from __future__ import annotations
+
+import argparse
+
+import json
+import sys
+from pathlib import Path
+
+from flows.cli import (EXIT_OK, EXIT_PARTIAL, UsageError, add_config_args, add_stage_args,
+                       run_training_stage)
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("finetune", help="Fine-tune a segmentation U-Net on a labelled dataset.",
+                       description="Supervised fine-tuning through the finetune stage (the same key, skip, "
+                       "MLflow run and registration as the pipeline and the Prefect UI), from random init, a "
+                       "pretraining output or a registered encoder (its preprocessing contract is checked "
+                       "first). Writes checkpoints, split.json and the best-on-validation model directory "
+                       "OUTPUT/model, evaluates it on the test split and registers it as pgl-seg-DATASET.")
+    p.add_argument("--store", required=True, help="Store root: a folder or s3://bucket/prefix.")
+    p.add_argument("--dataset", required=True, help="Labelled dataset name in the store.")
+    p.add_argument("--init", default="random", help="'random' (default), a pretraining output URI or a registered encoder "
+                   "(models:/pgl-encoder@champion).")
+    p.add_argument("--output", required=True, help="Run output folder or s3:// URI.")
+    p.add_argument("--labelled", type=float, help="Labelled training cases: a count >= 1 or a fraction < 1.")
+    p.add_argument("--steps", type=int, help="Optimisation steps (sets finetune.steps).")
+    p.add_argument("--nproc", type=int, default=1, help="Processes (torchrun) on this node (default 1).")
+    p.add_argument("--device", help="cpu, cuda or auto (default).")
+    p.add_argument("--no-eval", dest="evaluate", action="store_false",
+                   help="Skip the test-split evaluation after training.")
+    add_stage_args(p)
+    add_config_args(p, preset=True)
+    p.set_defaults(handler=cmd_finetune)
+
+    p = sub.add_parser("evaluate", help="Evaluate a segmenter on a dataset split (Dice, HD95, NSD).",
+                       description="Sliding-window prediction of the split's cases, per-case and summary "
+                       "metrics (metrics.csv, metrics.json) and overlay PNGs under OUTPUT.")
+    p.add_argument("--model", required=True, help="Model directory or models:/NAME@ALIAS.")
+    p.add_argument("--store", required=True, help="Store root: a folder or s3://bucket/prefix.")
+    p.add_argument("--dataset", required=True, help="Dataset name in the store.")
+    p.add_argument("--output", required=True, help="Local folder for tables and overlays.")
+    p.add_argument("--split", default="test", help="test (default), val, train or all.")
+    p.add_argument("--overlays", type=int, default=3, help="Overlay PNGs for the first N cases (default 3).")
+    p.add_argument("--device", help="cpu, cuda or auto (default).")
+    p.add_argument("--force", action="store_true", help="Evaluate even when model and dataset are unchanged.")
+    p.add_argument("--workdir", default="pgl-work", help="Folder of the embedded MLflow store and model cache "
+                   "(default pgl-work; MLFLOW_TRACKING_URI takes precedence).")
+    p.set_defaults(handler=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="Segment a CT file or DICOM series folder.",
+                       description="Apply a segmenter (with its preprocessing contract) to one NIfTI / NRRD / "
+                       "MHA file or DICOM series folder; the label map is written in the input's geometry.")
+    p.add_argument("--model", required=True, help="Model directory or models:/NAME@ALIAS.")
+    p.add_argument("--input", required=True, help="Input file or DICOM series folder (path or s3://).")
+    p.add_argument("--output", required=True, help="Output label map (.nii.gz, .nii, .nrrd or .mha; path or s3://).")
+    p.add_argument("--device", help="cpu, cuda or auto (default).")
+    p.set_defaults(handler=cmd_predict)
+
+
+def model_dir_of(uri: str) -> str:
+    """A local model directory for a local path or a ``models:/`` / ``runs:/`` reference."""
+    if uri.startswith(("models:/", "runs:/")):
+        from flows.tracking.registry import resolve_model
+
+        try:
+            return resolve_model(uri)
+        except (FileNotFoundError, LookupError, ValueError) as err:
+            raise UsageError(f"model {uri}: {err}") from err
+    if not (Path(uri) / "contract.json").is_file():
+        raise UsageError(f"{uri} is not a model directory (no contract.json)")
+    return uri
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from flows.stages.finetune import finetune_flow
+    from pgl_core.config import load_config
+
+    overrides = list(args.overrides)
+    cfg = load_config(args.config, overrides + ([f"finetune.steps={args.steps}"] if args.steps else []),
+                      preset=args.preset)  # config errors exit 2 here, before any work
+    result = run_training_stage("finetune", lambda: finetune_flow(
+        store=args.store, dataset=args.dataset, output=args.output, init=args.init, preset=args.preset,
+        config=args.config, overrides=overrides, labelled=args.labelled, steps=args.steps, nproc=args.nproc,
+        device=args.device, evaluate=args.evaluate, register_model=args.register, force=args.force,
+        workdir=str(Path(args.workdir).resolve()), max_steps=args.max_steps))
+    if isinstance(result, int):
+        return result
+    if result["status"] == "stopped":
+        print(f"fine-tuning stopped after --max-steps {args.max_steps} of {cfg.finetune.steps}; rerun to resume")
+        return EXIT_OK
+    dice = result.get("mean_dice")
+    print(f"fine-tuning {args.dataset}: {result['status']}; test mean Dice "
+          f"{'n/a' if dice is None else format(dice, '.4f')}")
+    print(f"model: {result['model_dir']}")
+    registration = result.get("registration") or {}
+    if registration.get("model_uri"):
+        print(f"registered: {registration['model_uri']}")
+    return EXIT_OK
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from flows.stages.evaluate import evaluate_flow
+
+    if not args.model.startswith(("models:/", "runs:/")):
+        model_dir_of(args.model)  # a wrong folder is a usage error, before any work
+    try:
+        result = evaluate_flow(model=args.model, store=args.store, dataset=args.dataset, output=args.output,
+                               split=args.split, overlays=args.overlays, device=args.device, force=args.force,
+                               workdir=str(Path(args.workdir).resolve()))
+    except (LookupError, FileNotFoundError) as err:
+        raise UsageError(f"model {args.model}: {err}") from err
+    overall = {m: (result.get("overall") or {}).get(m, {}).get("mean") for m in ("dice", "hd95", "nsd")}
+    print(f"{args.split} split of {args.dataset} ({result['status']}): mean " + json.dumps(overall))
+    print(f"tables: {Path(args.output) / 'metrics.csv'}, {Path(args.output) / 'metrics.json'}")
+    return EXIT_OK
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from pgl_core.predict import predict_file
+    from storage.errors import StorageError
+
+    try:
+        out = predict_file(model_dir_of(args.model), args.input, args.output, device=args.device)
+    except StorageError as err:
+        print(f"pgl predict: {err}", file=sys.stderr)
+        return EXIT_PARTIAL
+    print(f"wrote {out}")
+    return EXIT_OK

@@ -1,0 +1,116 @@
+"""The ``evaluate`` flow: Dice, HD95 and NSD of a segmenter on a split of a dataset, with its tables
+and overlay PNGs as artifacts of the stage's MLflow run. It runs in this process (no torchrun).
+
+A model reference is a model directory or a registered model (``models:/NAME@ALIAS``,
+``models:/NAME/N``, ``runs:/...``), downloaded and cached under the work folder; the reference's
+``contract.json`` hash is part of the stage key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from flows.retries import retry_transient
+from flows.stages.keys import contract_hash, manifest_hashes, stage_key, unchanged, write_marker
+from flows.tracking.follow import TRACKING_LOCK, stage_run
+from pgl_core.evaluation.report import class_dice
+
+
+def resolve_init(init: str, workdir: str | None) -> tuple[str, str]:
+    """``(init argument for the training module, init hash)``; registered models are downloaded."""
+    if init == "random":
+        return "random", "random"
+    if init.startswith(("models:/", "runs:/")):
+        from flows.tracking.mlflow_run import tracking_uri
+        from flows.tracking.registry import resolve_model
+
+        cache = str(Path(workdir) / "model-cache") if workdir else None
+        with TRACKING_LOCK:
+            local = resolve_model(init, cache_dir=cache, tracking_uri=tracking_uri(workdir))
+        return local, contract_hash(local)
+    return init, contract_hash(init)
+
+
+def _mean_dice(summary: dict[str, Any]) -> float | None:
+    try:
+        return float(summary["overall"]["dice"]["mean"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+@task(name="evaluate-model", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_transient,
+      cache_policy=NO_CACHE)
+def evaluate_task(model_dir: str, store: str, dataset: str, output: str, split: str, overlays: int,
+                  device: str | None) -> dict[str, Any]:
+    """Sliding-window evaluation of one model on one split (in this process)."""
+    from pgl_core.evaluate import evaluate_model
+
+    return evaluate_model(model_dir, store, dataset, output, split=split, overlays=overlays, device=device)
+
+
+def run_evaluate(model: str, store: str, dataset: str, output: str, split: str = "test", overlays: int = 3,
+                 device: str | None = None, force: bool = False, workdir: str | None = None,
+                 parent_run_id: str | None = None) -> dict[str, Any]:
+    """Body of the evaluate flow; ``output`` is a local folder (tables, overlays, stage.json)."""
+    logger = get_run_logger()
+    model_dir, model_hash = resolve_init(model, workdir)
+    hashes = manifest_hashes(store, [dataset])
+    key = stage_key("evaluate", {}, hashes, model_hash, {"split": split, "overlays": overlays})
+    previous = None if force else unchanged(output, key, [])
+    if previous is not None:
+        logger.info("evaluate %s -> %s: skipped (unchanged model and dataset)", dataset, output)
+        return {**previous, "status": "skipped"}
+    with stage_run("evaluate", workdir, parent_run_id, output, {"pgl.dataset": dataset}) as sink:
+        summary = evaluate_task(model_dir, store, dataset, output, split, overlays, device)
+        with TRACKING_LOCK:
+            sink.log_params({"model": model, "dataset": dataset, "split": split})
+            dice = _mean_dice(summary)
+            if dice is not None:
+                sink.log_metrics(0, {"mean_dice": dice})
+            sink.log_dict(summary, "summary.json", "eval")
+            tables = local_files(output, (".csv", ".json"))
+            if tables:
+                sink.log_artifacts([t for t in tables if not t.endswith("stage.json")], "eval")
+            pngs = local_files(output, (".png",))
+            if pngs:
+                sink.log_artifacts(pngs, "overlays")
+    result = {"stage": "evaluate", "status": "done", "dataset": dataset, "model": model, "output": output,
+              "key": key, "mean_dice": _mean_dice(summary), "split": split, "run_id": sink.run_id,
+              "overall": summary.get("overall"), "per_class": class_dice(summary)}
+    write_marker(output, key, result)
+    logger.info("evaluate %s: mean Dice %s", dataset, result["mean_dice"])
+    return result
+
+
+@flow(name="evaluate", log_prints=True)
+def evaluate_flow(model: str, store: str, dataset: str, output: str,
+                  split: Literal["test", "val", "train", "all"] = "test", overlays: int = 3,
+                  device: str | None = None, force: bool = False, workdir: str | None = None,
+                  parent_run_id: str | None = None) -> dict[str, Any]:
+    """Evaluate a segmenter (Dice, HD95, NSD per case and class) on a split of a dataset.
+
+    Args:
+        model: Model directory, or a registered model such as models:/pgl-seg-NAME@champion.
+        store: Store root: a folder or s3://bucket/prefix.
+        dataset: Labelled dataset name in the store.
+        output: Local folder for the tables (metrics.csv, metrics.json) and overlay PNGs.
+        split: Which cases: the model's test, val or train split, or all labelled cases.
+        overlays: Overlay PNGs written for the first cases.
+        device: cpu, cuda or empty for automatic.
+        force: Evaluate even when model and dataset are unchanged since the last evaluation.
+        workdir: Folder of the embedded MLflow store (ignored when MLFLOW_TRACKING_URI is set).
+        parent_run_id: MLflow run to nest this stage's run under (set by the pipeline).
+    """
+    return run_evaluate(model, store, dataset, output, split, overlays, device, force, workdir, parent_run_id)
+
+
+def local_files(folder: str, suffixes: tuple[str, ...]) -> list[str]:
+    """Files under a local ``folder`` with one of ``suffixes`` (none for remote folders)."""
+    if "://" in folder and not folder.startswith("file://"):
+        return []
+    root = Path(folder.removeprefix("file://"))
+    return sorted(str(p) for p in root.rglob("*") if p.is_file() and p.suffix in suffixes) if root.is_dir() else []

@@ -1,0 +1,146 @@
+"""The ``preprocess`` flow: raw CT (MSD folder, volume folder or DICOM tree) to a Zarr dataset.
+
+One Prefect task per case, run on Dask. The flow is thin: discovery, planning and conversion are
+``storage`` functions; this module only fans them out, retries transient I/O errors, shows progress
+and summarises.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.futures import as_completed
+from tqdm import tqdm
+
+from flows.cluster import dask_task_runner
+from flows.retries import retry_transient
+from storage.ingest import CaseResult, choose_plan, ingest_case
+from storage.plan import Plan, PlanRequest
+from storage.readers import CaseSource, discover_cases
+from storage.store import DatasetStore
+from storage.uri import s3_options_from_env
+
+
+@dataclass
+class PreprocessSummary:
+    """What a preprocess run did. ``failed``: (case, source, reason)."""
+
+    dataset: str
+    store: str
+    done: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str, str]] = field(default_factory=list)
+    manifest_hash: str = ""
+    plan: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"dataset": self.dataset, "store": self.store, "done": self.done, "skipped": self.skipped,
+                "failed": [list(f) for f in self.failed], "manifest_hash": self.manifest_hash,
+                "plan": self.plan}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "PreprocessSummary":
+        return cls(d["dataset"], d["store"], list(d["done"]), list(d["skipped"]),
+                   [tuple(f) for f in d["failed"]], d.get("manifest_hash", ""), d.get("plan", {}))
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def lines(self) -> list[str]:
+        out = [f"dataset {self.dataset} in {self.store}: {len(self.done)} done, "
+               f"{len(self.skipped)} skipped (unchanged), {len(self.failed)} failed"]
+        out += [f"  FAILED {case}: {reason} [{src}]" for case, src, reason in self.failed]
+        return out
+
+
+@task(name="ingest-case", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_transient,
+      task_run_name="ingest-{source.case_id}")
+def ingest_case_task(source: CaseSource, store: str, dataset: str, plan: Plan,
+                     storage_options: dict | None, force: bool) -> dict:
+    return ingest_case(source, store, dataset, plan, storage_options, force).to_dict()
+
+
+@task(name="discover-cases")
+def discover_task(input: str, storage_options: dict | None) -> tuple[list[CaseSource], list, dict]:
+    return discover_cases(input, storage_options)
+
+
+def _collect(futures: dict, summary: PreprocessSummary, progress: bool) -> None:
+    bar = tqdm(total=len(futures), desc=f"preprocess {summary.dataset}", unit="case", disable=not progress)
+    for fut in as_completed(list(futures)):
+        source = futures[fut]
+        try:
+            res = CaseResult(**fut.result())
+        except Exception as err:  # transient error that outlived its retries, or a crashed worker
+            res = CaseResult(source.case_id, "failed", f"{type(err).__name__}: {err}", source.image_uris[0])
+        if res.status == "failed":
+            summary.failed.append((res.case_id, res.source, res.reason))
+        else:
+            (summary.done if res.status == "done" else summary.skipped).append(res.case_id)
+        bar.set_postfix(done=len(summary.done), skipped=len(summary.skipped), failed=len(summary.failed))
+        bar.update(1)
+    bar.close()
+
+
+def run_preprocess(input: str, dataset: str, store: str, cfg: PlanRequest | None = None,
+                   force: bool = False, progress: bool = True,
+                   storage_options: dict | None = None) -> PreprocessSummary:
+    """Body of the flow (call inside a flow run so tasks are tracked)."""
+    logger = get_run_logger()
+    cfg = cfg or PlanRequest()
+    opts = storage_options if storage_options is not None else s3_options_from_env()
+    cases, problems, info = discover_task(input, opts)
+    ds = DatasetStore(store, dataset, opts, create=True)
+    plan = choose_plan(ds, cases, cfg, opts)
+    ds.ensure(plan.to_dict(), info.get("label_names", {}))
+    summary = PreprocessSummary(dataset=dataset, store=store, plan=plan.to_dict())
+    summary.failed += [(f"(input) {p}", p, reason) for p, reason in problems]
+    futures = {ingest_case_task.submit(c, store, dataset, plan, opts, force): c for c in cases}
+    _collect(futures, summary, progress)
+    ds.consolidate_manifest()
+    summary.manifest_hash = ds.manifest_hash()
+    for line in summary.lines():
+        logger.info(line)
+    return summary
+
+
+@flow(name="preprocess", log_prints=True, task_runner=dask_task_runner())
+def preprocess_flow(input: str, dataset: str, store: str, target_spacing_mm: list[float] | None = None,
+                    force: bool = False, config: PlanRequest | None = None) -> dict:
+    """Convert raw CT into a chunked Zarr dataset (one task per case, on Dask).
+
+    The Dask cluster comes from the environment: PGL_DASK_ADDRESS joins an existing scheduler,
+    otherwise a LocalCluster sized to the machine is started for the run.
+
+    Args:
+        input: Raw data: an MSD folder (imagesTr/labelsTr), a folder of volumes (NIfTI/NRRD/MHA) or a
+            DICOM tree; a local path or an s3:// URI.
+        dataset: Dataset name (the Zarr group under the store root).
+        store: Store root: a local folder or s3://bucket/prefix.
+        target_spacing_mm: Output spacing (x, y, z) in mm; empty = the dataset's median spacing.
+        force: Redo cases even when their source and plan are unchanged.
+        config: The `preprocess` config section (chunks, shards, compression, what is refused); empty =
+            the defaults.
+    """
+    cfg = (config or PlanRequest()).model_copy()
+    if target_spacing_mm:
+        cfg.target_spacing_mm = tuple(target_spacing_mm)
+    summary = run_preprocess(input, dataset, store, cfg, force=force, progress=_progress_enabled())
+    return summary.to_dict()
+
+
+def _progress_enabled() -> bool:
+    return os.environ.get("PGL_PROGRESS", "1") != "0"
+
+
+def preprocess(input: str, dataset: str, store: str, cfg: PlanRequest | None = None,
+               force: bool = False, dask_address: str | None = None,
+               n_workers: int | None = None) -> PreprocessSummary:
+    """Run the preprocess flow (CLI and Python entry) with the chosen Dask cluster."""
+    runner = dask_task_runner(dask_address, n_workers)
+    out = preprocess_flow.with_options(task_runner=runner)(input, dataset, store, None, force, cfg)
+    return PreprocessSummary.from_dict(out)
