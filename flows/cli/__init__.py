@@ -47,6 +47,20 @@ def add_config_args(p: argparse.ArgumentParser, preset: bool = False) -> None:
     add_config_arguments(p, preset=preset)
 
 
+def add_store_args(p: argparse.ArgumentParser, dataset_help: str | None = None) -> None:
+    """``--store`` (and ``--dataset`` when ``dataset_help`` says what it names)."""
+    p.add_argument("--store", required=True, help="Store root: a folder or s3://bucket/prefix.")
+    if dataset_help:
+        p.add_argument("--dataset", required=True, help=dataset_help)
+
+
+def add_device_args(p: argparse.ArgumentParser, nproc_help: str | None = None) -> None:
+    """``--device`` (and ``--nproc`` when ``nproc_help`` says what the processes are)."""
+    p.add_argument("--device", help="cpu, cuda or auto (default).")
+    if nproc_help:
+        p.add_argument("--nproc", type=int, default=1, help=nproc_help)
+
+
 def add_stage_args(p: argparse.ArgumentParser) -> None:
     """What every training stage command shares with its flow: the work folder, force, registration."""
     p.add_argument("--max-steps", type=int, help="Stop after this many steps of this invocation (resumable; "

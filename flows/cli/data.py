@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from flows.cli import EXIT_OK, EXIT_PARTIAL, UsageError, add_config_args, triple
+from flows.cli import EXIT_OK, EXIT_PARTIAL, UsageError, add_config_args, add_store_args, triple
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -27,8 +27,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                        description="Convert raw CT into a chunked Zarr v3 dataset, one Prefect task per case on "
                        "Dask. Reruns skip unchanged cases; new cases are added incrementally.")
     p.add_argument("--input", required=True, help="MSD folder, folder of volumes or DICOM tree (path or s3://).")
-    p.add_argument("--dataset", required=True, help="Dataset name (a Zarr group under the store root).")
-    p.add_argument("--store", required=True, help="Store root: a folder or s3://bucket/prefix.")
+    add_store_args(p, "Dataset name (a Zarr group under the store root).")
     p.add_argument("--target-spacing", type=triple(float), metavar="X,Y,Z",
                    help="Output spacing in mm (default: the dataset's median spacing).")
     p.add_argument("--force", action="store_true", help="Redo cases even when unchanged.")

@@ -8,7 +8,7 @@ import os
 import signal
 from pathlib import Path
 
-from flows.cli import EXIT_OK, EXIT_PARTIAL, UsageError, add_config_args
+from flows.cli import EXIT_OK, EXIT_PARTIAL, UsageError, add_config_args, add_device_args, add_store_args
 
 
 def _csv(text: str) -> list[str]:
@@ -29,17 +29,16 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "them, fine-tune, evaluate and register each labelled dataset for every init and seed. Stages whose "
         "config and inputs are unchanged are skipped (and say so). Exit 1 when some item failed.")
     p.add_argument("--input", required=True, help="Folder holding one raw dataset folder per dataset.")
-    p.add_argument("--store", required=True, help="Store root: a folder or s3://bucket/prefix.")
+    add_store_args(p)
     p.add_argument("--output", required=True, help="Output root (pretrain-MODE/, finetune/, results.json).")
     p.add_argument("--datasets", type=_csv, help="Comma-separated dataset folder names (default: all).")
     p.add_argument("--preset", default="paper", choices=["paper", "tiny"], help="Config preset (default paper).")
     p.add_argument("--inits", type=_csv, default=["pgl"], help="Comma-separated inits: pgl, global, random.")
     p.add_argument("--seeds", type=_ints, default=[0], help="Comma-separated fine-tuning seeds (default 0).")
     p.add_argument("--labelled", type=float, help="Labelled training cases: count >= 1 or fraction < 1.")
-    p.add_argument("--nproc", type=int, default=1, help="Training processes per node (default 1).")
+    add_device_args(p, "Training processes per node (default 1).")
     p.add_argument("--nnodes", type=int, default=1, help="Nodes per training run (Dask workers; default 1).")
     p.add_argument("--dask-address", help="Dask scheduler (default: env PGL_DASK_ADDRESS, else local).")
-    p.add_argument("--device", help="cpu, cuda or auto (default).")
     p.add_argument("--parallel", type=int, help="Fine-tunes at once (default: per GPU, else cores / 2).")
     p.add_argument("--workdir", help="Folder for the embedded MLflow store, Prefect home and results.json.")
     p.add_argument("--force", action="store_true", help="Redo every stage even when unchanged.")

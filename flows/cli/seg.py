@@ -10,8 +10,8 @@ import json
 import sys
 from pathlib import Path
 
-from flows.cli import (EXIT_OK, EXIT_PARTIAL, UsageError, add_config_args, add_stage_args,
-                       run_training_stage)
+from flows.cli import (EXIT_OK, EXIT_PARTIAL, UsageError, add_config_args, add_device_args, add_stage_args,
+                       add_store_args, run_training_stage)
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -21,15 +21,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                        "pretraining output or a registered encoder (its preprocessing contract is checked "
                        "first). Writes checkpoints, split.json and the best-on-validation model directory "
                        "OUTPUT/model, evaluates it on the test split and registers it as pgl-seg-DATASET.")
-    p.add_argument("--store", required=True, help="Store root: a folder or s3://bucket/prefix.")
-    p.add_argument("--dataset", required=True, help="Labelled dataset name in the store.")
+    add_store_args(p, "Labelled dataset name in the store.")
     p.add_argument("--init", default="random", help="'random' (default), a pretraining output URI or a registered encoder "
                    "(models:/pgl-encoder@champion).")
     p.add_argument("--output", required=True, help="Run output folder or s3:// URI.")
     p.add_argument("--labelled", type=float, help="Labelled training cases: a count >= 1 or a fraction < 1.")
     p.add_argument("--steps", type=int, help="Optimisation steps (sets finetune.steps).")
-    p.add_argument("--nproc", type=int, default=1, help="Processes (torchrun) on this node (default 1).")
-    p.add_argument("--device", help="cpu, cuda or auto (default).")
+    add_device_args(p, "Processes (torchrun) on this node (default 1).")
     p.add_argument("--no-eval", dest="evaluate", action="store_false",
                    help="Skip the test-split evaluation after training.")
     add_stage_args(p)
@@ -40,12 +38,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                        description="Sliding-window prediction of the split's cases, per-case and summary "
                        "metrics (metrics.csv, metrics.json) and overlay PNGs under OUTPUT.")
     p.add_argument("--model", required=True, help="Model directory or models:/NAME@ALIAS.")
-    p.add_argument("--store", required=True, help="Store root: a folder or s3://bucket/prefix.")
-    p.add_argument("--dataset", required=True, help="Dataset name in the store.")
+    add_store_args(p, "Dataset name in the store.")
     p.add_argument("--output", required=True, help="Local folder for tables and overlays.")
     p.add_argument("--split", default="test", help="test (default), val, train or all.")
     p.add_argument("--overlays", type=int, default=3, help="Overlay PNGs for the first N cases (default 3).")
-    p.add_argument("--device", help="cpu, cuda or auto (default).")
+    add_device_args(p)
     p.add_argument("--force", action="store_true", help="Evaluate even when model and dataset are unchanged.")
     p.add_argument("--workdir", default="pgl-work", help="Folder of the embedded MLflow store and model cache "
                    "(default pgl-work; MLFLOW_TRACKING_URI takes precedence).")
@@ -57,7 +54,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help="Model directory or models:/NAME@ALIAS.")
     p.add_argument("--input", required=True, help="Input file or DICOM series folder (path or s3://).")
     p.add_argument("--output", required=True, help="Output label map (.nii.gz, .nii, .nrrd or .mha; path or s3://).")
-    p.add_argument("--device", help="cpu, cuda or auto (default).")
+    add_device_args(p)
     p.set_defaults(handler=cmd_predict)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from flows.cli import EXIT_OK, add_config_args, add_stage_args, run_training_stage
+from flows.cli import EXIT_OK, add_config_args, add_device_args, add_stage_args, add_store_args, run_training_stage
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -16,15 +16,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "and the Prefect UI. Training runs under torchrun (--nproc processes). Resumes from the latest "
         "checkpoint in --output. Exit 75 means preempted (SIGTERM) after a checkpoint: rerun the same "
         "command to resume.")
-    p.add_argument("--store", required=True, help="Store root: a folder or s3://bucket/prefix.")
+    add_store_args(p)
     p.add_argument("--datasets", required=True, help="Comma-separated dataset names in the store.")
     p.add_argument("--output", required=True, help="Run output (checkpoints, encoder.pt, contract.json).")
     p.add_argument("--preset", default="paper", choices=["paper", "tiny"], help="Config preset (default paper).")
     p.add_argument("--steps", type=int, help="Optimisation steps (sets train.steps).")
     p.add_argument("--mode", choices=["pgl", "global", "local"],
                    help="pgl (global + local), global (= BYOL baseline) or local (sets loss.mode).")
-    p.add_argument("--nproc", type=int, default=1, help="Processes on this node (one per GPU; default 1).")
-    p.add_argument("--device", default=None, help="cpu, cuda or auto (default).")
+    add_device_args(p, "Processes on this node (one per GPU; default 1).")
     add_stage_args(p)
     add_config_args(p)
     p.set_defaults(handler=cmd_pretrain)
