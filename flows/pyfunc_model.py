@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
-import json
-from pathlib import Path
 from typing import Any, Callable
 
 import mlflow.pyfunc
@@ -26,9 +24,10 @@ import pandas as pd
 from mlflow.models.signature import ModelSignature
 from mlflow.types.schema import ColSpec, Schema
 
+from pgl_core.contracts import read_contract
+
 DEFAULT_PREDICTOR = "pgl_core.predict:predict_file"
 ARTIFACT_KEY = "model_dir"
-CONTRACT_FILE = "contract.json"
 SIGNATURE = ModelSignature(
     inputs=Schema([ColSpec("string", "input"), ColSpec("string", "output")]),
     outputs=Schema([ColSpec("string", "output")]),
@@ -48,14 +47,6 @@ def pip_requirements() -> list[str]:
         except importlib.metadata.PackageNotFoundError:
             continue
     return pins
-
-
-def read_contract(model_dir: str | Path) -> dict[str, Any]:
-    """The model directory's ``contract.json`` as a dict."""
-    path = Path(model_dir) / CONTRACT_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"model directory {model_dir} has no {CONTRACT_FILE}")
-    return json.loads(path.read_text())
 
 
 def load_predictor(spec: str) -> Callable[[str, str, str], str]:
