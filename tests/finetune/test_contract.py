@@ -3,7 +3,7 @@ completely or not at all, and a pretrained init really changes the starting weig
 
 from __future__ import annotations
 
-
+import json
 from pathlib import Path
 
 import pytest
@@ -121,3 +121,21 @@ def test_segmenter_contract_checked_against_dataset_plan():
     with pytest.raises(ContractMismatch, match="spacing_mm"):
         contract.check_plan({"plan": {"target_spacing_mm": [8.1, 8.0, 10.0]}}, "d")
 
+
+def test_contract_reads_name_the_file_and_the_field(tmp_path, pretrained):
+    raw = json.loads((Path(pretrained) / "contract.json").read_text())
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "contract.json").write_text(json.dumps({**raw, "patch_vox": [8, 16]}))
+    with pytest.raises(ValueError, match=r"bad/contract\.json: field 'patch_vox' must be 3 integers"):
+        PretrainContract.read(str(bad))
+    (bad / "contract.json").write_text(json.dumps({k: v for k, v in raw.items() if k != "steps"}))
+    with pytest.raises(ValueError, match=r"bad/contract\.json: contract lacks fields \['steps'\]"):
+        PretrainContract.read(str(bad))
+    with pytest.raises(ValueError, match="kind 'pgl-encoder' is not 'pgl-segmenter'"):
+        SegmenterContract.read(pretrained)
+    with pytest.raises(FileNotFoundError, match="none has no contract.json"):
+        SegmenterContract.read(str(tmp_path / "none"))
+    pre = PretrainContract.read(pretrained)
+    assert pre.source.endswith("contract.json") and pre.to_dict() == raw
+    assert pre.norm_from().to_dict() == {"hu_window": raw["hu_window"], **raw["normalisation"]}
