@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from pgl_core.contracts import load_segmenter, read_split
 from pgl_core.evaluation import (save_overlays, segmentation_metrics, spacing_zyx_from_xyz, summarise,
                                  write_tables)
 from pgl_core.predict import pick_device, segment_array
-from pgl_core.seg_contract import check_dataset_for_segmenter, load_segmenter, read_split
 
 
 def split_cases(model_dir: str, store: Any, split: str, storage_options: dict | None) -> list[str]:
@@ -46,9 +46,9 @@ def evaluate_model(model_dir: str, store_root: str, dataset: str, output_dir: st
     dev = pick_device(device)
     model, contract = load_segmenter(model_dir, storage_options, device=dev)
     store = DatasetStore(store_root, dataset, storage_options=storage_options)
-    check_dataset_for_segmenter(contract, store.manifest(), dataset)
-    names = {int(k): v for k, v in contract["label_names"].items() if int(k) > 0}
-    tolerance = float(contract.get("config", {}).get("finetune", {}).get("nsd_tolerance_mm", 2.0))
+    contract.check_plan(store.manifest(), dataset)
+    names = {int(k): v for k, v in contract.label_names.items() if int(k) > 0}
+    tolerance = float(contract.config.get("finetune", {}).get("nsd_tolerance_mm", 2.0))
     cases = split_cases(model_dir, store, split, storage_options)
     per_case, pngs = [], []
     for i, case in enumerate(cases):

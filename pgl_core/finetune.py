@@ -10,7 +10,7 @@ steps -> checkpoints (resume restores weights, optimiser, best-so-far, RNG and t
 
 Initialisation: ``init="random"`` or a pretraining output URI (``contract.json`` + ``encoder.pt``);
 the pretraining contract is checked against the config and the dataset plan first
-(:mod:`pgl_core.seg_contract`). The split and label budget come from :mod:`pgl_core.split` and are
+(:mod:`pgl_core.adapt`). The split and label budget come from :mod:`pgl_core.split` and are
 stored with the run (``split.json``). The best-on-validation weights become ``<output>/model/``.
 """
 
@@ -34,8 +34,9 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from pgl_core import checkpoint as ckpt
 from pgl_core import distributed as dist_utils
+from pgl_core.adapt import check_pretrain_compat, load_encoder_into
 from pgl_core.config import ConfigError, PGLConfig, add_config_arguments, config_to_dict, flatten, load_config
-from pgl_core.contract import PretrainContract, load_contract, load_encoder_state
+from pgl_core.contracts import PretrainContract, SegmenterContract, load_encoder_state
 from pgl_core.data import CropSampler, make_loader
 from pgl_core.evaluation.metrics import dice_score
 from pgl_core.evaluation.sliding_window import sliding_window_predict
@@ -45,8 +46,6 @@ from pgl_core.nets.unet import SegmentationUNet, cumulative_strides
 from pgl_core.optim import param_groups
 from pgl_core.pretrain import NonFiniteLossError, _amp_dtype, _set_numerics, _step_seed, _StopFlag
 from pgl_core.schedules import lr_at, set_lr
-from pgl_core.seg_contract import (build_segmenter_contract, check_pretrain_compat, load_encoder_into,
-                                   pretrain_norm, write_model_dir)
 from pgl_core.seg_augment import augment_segmentation, lateral_swap_table
 from pgl_core.seg_data import SegPatchStream
 from pgl_core.seg_loss import dice_ce_loss
@@ -119,9 +118,9 @@ def prepare_run(cfg: PGLConfig, store: Any, dataset: str, init: str, labelled: f
     if init == "random":
         norm = resolve_norm(cfg.intensity, {dataset: manifest})
     else:
-        pre = load_contract(init, storage_options)
+        pre = PretrainContract.read(init, storage_options)
         check_pretrain_compat(pre, cfg, manifest, dataset, init)
-        norm = pretrain_norm(pre)
+        norm = pre.norm_from()
     stride = cumulative_strides(cfg.model)[-1]
     if any(p % s for p, s in zip(ft.patch_vox, stride)):
         raise ConfigError(f"finetune.patch_vox {tuple(ft.patch_vox)} is not divisible by the network's total "
@@ -278,11 +277,11 @@ def _write_model(cfg: PGLConfig, run: _Run, raw: nn.Module, res: FinetuneResult,
     metrics = {"val_dice": _finite_or_none(res.best_val_dice), "best_val_dice": _finite_or_none(res.best_val_dice),
                "final_val_dice": _finite_or_none(res.final_val_dice), "best_step": res.best_step,
                "steps": res.steps}
-    contract = build_segmenter_contract(config_to_dict(cfg), run.num_classes, run.label_names,
-                                        (run.manifest.get("plan") or {}).get("target_spacing_mm"), run.norm,
-                                        run.init, run.pre, run.store.dataset, run.store.manifest_hash(),
-                                        run.split, metrics)
-    write_model_dir(res.model_dir.rsplit("/", 1)[0] + "/" + name, state, contract, run.split, storage_options)
+    contract = SegmenterContract.build(config_to_dict(cfg), run.num_classes, run.label_names,
+                                       (run.manifest.get("plan") or {}).get("target_spacing_mm"), run.norm,
+                                       run.init, run.pre, run.store.dataset, run.store.manifest_hash(),
+                                       run.split, metrics)
+    contract.write(res.model_dir.rsplit("/", 1)[0] + "/" + name, state, storage_options)
 
 
 def _step_batch(cfg: PGLConfig, run: _Run, data: dict, step: int, device: torch.device) -> tuple:

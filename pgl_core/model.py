@@ -9,7 +9,6 @@ from pgl_core.nets.unet import (
     SegmentationUNet,
     cumulative_strides,
     decoder_depth_for_stride,
-    load_pretrained,
 )
 
 __all__ = [
@@ -19,5 +18,4 @@ __all__ = [
     "SegmentationUNet",
     "cumulative_strides",
     "decoder_depth_for_stride",
-    "load_pretrained",
 ]

@@ -10,29 +10,18 @@ write it with exactly the input's size, spacing, origin and direction (uint8).
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
 
+from pgl_core.contracts import SegmenterContract, load_segmenter
 from pgl_core.evaluation.sliding_window import sliding_window_predict
-from pgl_core.intensity_norm import IntensityNorm
 from pgl_core.nets.unet import SegmentationUNet
-from pgl_core.seg_contract import load_segmenter
 from storage.errors import RefusedInput
 from storage.geometry import canonicalize, resample
 from storage.readers import CaseSource, discover_cases, read_case
 from storage.readers.image_file import image_suffix
 from storage.volume import Volume
 from storage.writers import resample_to_reference, write_volume
-
-
-def contract_norm(contract: dict[str, Any]) -> IntensityNorm:
-    """The model's intensity mapping from its contract."""
-    n = contract["normalisation"]
-    return IntensityNorm(tuple(float(v) for v in contract["hu_window"]), str(n["kind"]),  # type: ignore[arg-type]
-                         None if n.get("mean_hu") is None else float(n["mean_hu"]),
-                         None if n.get("std_hu") is None else float(n["std_hu"]))
 
 
 def input_source(input_uri: str, storage_options: dict | None = None) -> CaseSource:
@@ -55,22 +44,22 @@ def read_input(input_uri: str, storage_options: dict | None = None) -> Volume:
     return image
 
 
-def to_model_grid(image: Volume, contract: dict[str, Any]) -> Volume:
+def to_model_grid(image: Volume, contract: SegmenterContract) -> Volume:
     """Canonical orientation, then the contract's spacing (x, y, z) when it has one."""
     vol = canonicalize(image)
-    spacing = contract.get("spacing_mm")
+    spacing = contract.spacing_mm
     return resample(vol, tuple(float(s) for s in spacing)) if spacing else vol
 
 
-def segment_array(model: SegmentationUNet, contract: dict[str, Any], array_hu: np.ndarray,
+def segment_array(model: SegmentationUNet, contract: SegmenterContract, array_hu: np.ndarray,
                   device: torch.device) -> np.ndarray:
     """uint8 label map (z, y, x) of a HU array (z, y, x) already on the model's grid."""
-    norm = contract_norm(contract)
+    norm = contract.norm_from()
     x = norm.apply(torch.from_numpy(np.ascontiguousarray(array_hu, dtype=np.float32)))
     pad = float(norm.apply(torch.tensor([norm.hu_window[0]])).item())
-    num_classes = int(contract["architecture"]["num_classes"])
-    overlap = float(contract.get("sw_overlap", 0.5))
-    labels = sliding_window_predict(x[None, None], model, contract["patch_vox"], num_classes, overlap=overlap,
+    num_classes = int(contract.architecture["num_classes"])
+    overlap = float(contract.sw_overlap)
+    labels = sliding_window_predict(x[None, None], model, contract.patch_vox, num_classes, overlap=overlap,
                                     device=device, pad_value=pad)
     return labels.numpy()
 
@@ -81,11 +70,11 @@ def pick_device(device: str | torch.device | None) -> torch.device:
     return torch.device(device)
 
 
-def predict_volume(model: SegmentationUNet, contract: dict[str, Any], image: Volume,
+def predict_volume(model: SegmentationUNet, contract: SegmenterContract, image: Volume,
                    device: torch.device) -> Volume:
     """Label map (uint8) of ``image`` on ``image``'s own grid."""
-    if int(contract.get("in_channels", 1)) != 1:
-        raise ValueError(f"model expects {contract['in_channels']} input channels; a CT file gives 1")
+    if contract.in_channels != 1:
+        raise ValueError(f"model expects {contract.in_channels} input channels; a CT file gives 1")
     work = to_model_grid(image, contract)
     labels = segment_array(model, contract, work.array, device)
     on_grid = Volume(labels, work.spacing_mm, work.origin_mm, work.direction)

@@ -33,7 +33,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from pgl_core import checkpoint as ckpt
 from pgl_core import distributed as dist_utils
 from pgl_core.config import ConfigError, PGLConfig, add_config_arguments, config_to_dict, flatten, load_config
-from pgl_core.contract import build_contract, write_contract
+from pgl_core.contracts import PretrainContract
 from pgl_core.data import CropSampler, CropSource, CropStream, index_cases, make_loader, source_size_vox
 from pgl_core.intensity_norm import IntensityNorm, resolve_norm
 from pgl_core.metrics import JsonlSink, MetricsSink, NullSink
@@ -248,9 +248,9 @@ def pretrain(cfg: PGLConfig, stores: dict[str, CropSource], output_uri: str, sto
         result = _loop(cfg, world, comps, raw, model, optimizer, stores, norm, step, skipped, output_uri,
                        storage_options, sink, max_steps)
         if result.status == "completed" and world.is_main:
-            contract = build_contract(config, norm.to_dict(), manifests, hashes, result.step)
-            result.encoder_uri, result.contract_uri = write_contract(
-                output_uri, contract, raw.encoder_state_dict(), storage_options)
+            contract = PretrainContract.build(config, norm.to_dict(), manifests, hashes, result.step)
+            result.encoder_uri, result.contract_uri = contract.write(
+                output_uri, raw.encoder_state_dict(), storage_options)
         dist_utils.barrier()
         return result
     finally:

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
-import json
-from pathlib import Path
 from typing import Any, Callable
 
 import mlflow.pyfunc
@@ -26,9 +24,9 @@ import pandas as pd
 from mlflow.models.signature import ModelSignature
 from mlflow.types.schema import ColSpec, Schema
 
-DEFAULT_PREDICTOR = "pgl_core.predict:predict_file"
+from pgl_core.contracts import PREDICTOR, read_contract
+
 ARTIFACT_KEY = "model_dir"
-CONTRACT_FILE = "contract.json"
 SIGNATURE = ModelSignature(
     inputs=Schema([ColSpec("string", "input"), ColSpec("string", "output")]),
     outputs=Schema([ColSpec("string", "output")]),
@@ -48,14 +46,6 @@ def pip_requirements() -> list[str]:
         except importlib.metadata.PackageNotFoundError:
             continue
     return pins
-
-
-def read_contract(model_dir: str | Path) -> dict[str, Any]:
-    """The model directory's ``contract.json`` as a dict."""
-    path = Path(model_dir) / CONTRACT_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"model directory {model_dir} has no {CONTRACT_FILE}")
-    return json.loads(path.read_text())
 
 
 def load_predictor(spec: str) -> Callable[[str, str, str], str]:
@@ -93,7 +83,7 @@ class PGLSegmenterModel(mlflow.pyfunc.PythonModel):
         """Find the model directory among the artifacts and import its predictor."""
         self.model_dir = str(context.artifacts[ARTIFACT_KEY])
         self.contract = read_contract(self.model_dir)
-        spec = self.contract.get("predictor") or DEFAULT_PREDICTOR
+        spec = self.contract.get("predictor") or PREDICTOR
         if self.contract.get("kind") == "pgl-encoder" and not self.contract.get("predictor"):
             self.predictor = None
         else:

@@ -34,8 +34,9 @@ from typing import Any
 import mlflow
 from mlflow.exceptions import MlflowException
 
-from flows.tracking.pyfunc_model import ARTIFACT_KEY, SIGNATURE, pip_requirements, read_contract
 from flows.tracking.mlflow_run import tracking_uri as default_tracking_uri
+from flows.tracking.pyfunc_model import ARTIFACT_KEY, SIGNATURE, pip_requirements
+from pgl_core.contracts import ENCODER_KIND, SEGMENTER_KIND, read_contract
 
 ENCODER_MODEL = "pgl-encoder"
 SEGMENTER_PREFIX = "pgl-seg-"
@@ -213,9 +214,7 @@ def register_segmenter(model_dir: str, dataset: str, run_id: str | None, metrics
     client, _ = _client(tracking_uri)
     with tempfile.TemporaryDirectory(prefix="pgl-register-") as tmp:
         local = _localise(model_dir, tmp, storage_options)
-        kind = read_contract(local).get("kind")
-        if kind != "pgl-segmenter":
-            raise ValueError(f"{model_dir}: contract kind {kind!r} is not 'pgl-segmenter'")
+        read_contract(model_dir, storage_options, kinds=(SEGMENTER_KIND,))
         return _register(name, local, run_id, metrics, metric_key, client, {"pgl.dataset": dataset})
 
 
@@ -230,9 +229,7 @@ def register_encoder(output_uri: str, run_id: str | None, metrics: dict[str, flo
     client, _ = _client(tracking_uri)
     with tempfile.TemporaryDirectory(prefix="pgl-register-") as tmp:
         local = _localise(output_uri, tmp, storage_options)
-        kind = read_contract(local).get("kind")
-        if kind != "pgl-encoder":
-            raise ValueError(f"{output_uri}: contract kind {kind!r} is not 'pgl-encoder'")
+        read_contract(output_uri, storage_options, kinds=(ENCODER_KIND,))
         extra = {"pgl.lineage.pretrain_run": run_id or "", "pgl.lineage.output_uri": output_uri}
         return _register(ENCODER_MODEL, local, run_id, metrics or {}, metric_key, client, extra)
 

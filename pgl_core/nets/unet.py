@@ -8,7 +8,8 @@ skip, one residual block. Every conv is followed by a norm (InstanceNorm3d(affin
 and LeakyReLU(0.01).
 
 Module names are shared: :class:`SegmentationUNet` is a :class:`ResidualUNet` with a full decoder
-plus ``seg_head``, so a pretrained backbone's ``state_dict`` loads into it by name. A pretraining
+plus ``seg_head``, so a pretrained backbone's ``state_dict`` loads into it by name
+(:func:`pgl_core.adapt.load_encoder_into`, checked against the pretraining contract). A pretraining
 backbone may build only the first ``decoder_depth`` decoder levels (the ones its losses use, so no
 parameter sits unused under DDP); the deeper levels then start from random init downstream.
 Layouts: inputs (B, C_in, D, H, W); stage ``i`` output (B, widths[i], D / s_i, H / s_i, W / s_i)
@@ -182,18 +183,3 @@ class SegmentationUNet(ResidualUNet):
     def forward(self, x: Tensor) -> Tensor:
         return self.seg_head(super().forward(x))
 
-
-def load_pretrained(model: ResidualUNet, state_dict: dict[str, Tensor]) -> list[str]:
-    """Load backbone weights by name; returns the model keys left at their init.
-
-    Raises ValueError naming any key that does not exist in ``model`` or whose shape differs.
-    """
-    own = model.state_dict()
-    unexpected = sorted(k for k in state_dict if k not in own)
-    if unexpected:
-        raise ValueError(f"pretrained weights hold keys the model lacks: {unexpected[:5]}")
-    bad = [f"{k}: {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state_dict.items() if v.shape != own[k].shape]
-    if bad:
-        raise ValueError(f"pretrained weights have mismatched shapes: {bad[:5]}")
-    result = model.load_state_dict(state_dict, strict=False)
-    return sorted(result.missing_keys)

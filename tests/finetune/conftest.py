@@ -55,7 +55,7 @@ def write_pretrain_output(out_uri: str, store_root: str, dataset: str, cfg: PGLC
     import torch
 
     from pgl_core.config import config_to_dict
-    from pgl_core.contract import build_contract, write_contract
+    from pgl_core.contracts import PretrainContract
     from pgl_core.intensity_norm import resolve_norm
     from pgl_core.pgl import PGLModel
 
@@ -67,8 +67,8 @@ def write_pretrain_output(out_uri: str, store_root: str, dataset: str, cfg: PGLC
     torch.manual_seed(seed)
     model = PGLModel(cfg.model, cfg.loss, tuple(cfg.views.patch_vox))
     norm = resolve_norm(cfg.intensity, manifests)
-    contract = build_contract(config_to_dict(cfg), norm.to_dict(), manifests, {dataset: store.manifest_hash()}, 0)
-    write_contract(out_uri, contract, model.encoder_state_dict())
+    contract = PretrainContract.build(config_to_dict(cfg), norm.to_dict(), manifests, {dataset: store.manifest_hash()}, 0)
+    contract.write(out_uri, model.encoder_state_dict())
     return out_uri
 
 

@@ -3,15 +3,15 @@ completely or not at all, and a pretrained init really changes the starting weig
 
 from __future__ import annotations
 
-
+import json
 from pathlib import Path
 
 import pytest
 import torch
 
-from pgl_core.contract import ENCODER_FILE, load_contract
+from pgl_core.adapt import load_encoder_into
+from pgl_core.contracts import ENCODER_FILE, ContractMismatch, PretrainContract, SegmenterContract
 from pgl_core.finetune import EXIT_USAGE, build_model, main, prepare_run
-from pgl_core.seg_contract import ContractMismatch, check_dataset_for_segmenter, load_encoder_into
 from pgl_core.nets.unet import SegmentationUNet
 from storage.store import DatasetStore
 from tests.finetune.conftest import make_store, tiny_cfg, write_pretrain_output
@@ -39,7 +39,7 @@ def test_pretrained_encoder_loads_completely_and_changes_init(kits_store, pretra
         assert torch.equal(own[key], value)
     changed = [k for k in enc if k.endswith("weight") and not torch.equal(own[k], rnd[k])]
     assert len(changed) >= 10
-    assert run.norm.mean_hu == load_contract(pretrained).normalisation["mean_hu"]
+    assert run.norm.mean_hu == PretrainContract.read(pretrained).normalisation["mean_hu"]
 
 
 def test_spacing_mismatch_names_field_values_and_fix(tmp_path, pretrained):
@@ -77,7 +77,7 @@ def test_hu_window_normalisation_and_architecture_mismatches(kits_store, pretrai
 
 
 def test_missing_and_unexpected_keys_are_listed(pretrained):
-    pre = load_contract(pretrained)
+    pre = PretrainContract.read(pretrained)
     enc = torch.load(f"{pretrained}/{ENCODER_FILE}", weights_only=True)
     model = SegmentationUNet(tiny_cfg().model, 3)
     partial = {k: v for k, v in enc.items() if k != "encoder.stages.1.0.0.weight"}
@@ -97,11 +97,11 @@ def test_decoder_levels_the_contract_says_were_pretrained_must_be_present(kits_s
     enc = torch.load(f"{out}/{ENCODER_FILE}", weights_only=True)
     assert any(k.startswith("decoder.") for k in enc)
     model = SegmentationUNet(cfg.model, 3)
-    left = load_encoder_into(model, enc, load_contract(out), "init y")
+    left = load_encoder_into(model, enc, PretrainContract.read(out), "init y")
     assert all(k.startswith("seg_head.") or int(k.split(".")[2]) >= 1 for k in left)
     no_decoder = {k: v for k, v in enc.items() if not k.startswith("decoder.")}
     with pytest.raises(ContractMismatch, match=r"missing keys.*decoder\.blocks\.0"):
-        load_encoder_into(SegmentationUNet(cfg.model, 3), no_decoder, load_contract(out), "init y")
+        load_encoder_into(SegmentationUNet(cfg.model, 3), no_decoder, PretrainContract.read(out), "init y")
 
 
 def test_cli_exits_2_on_contract_mismatch(kits_store, pretrained_zscore, tmp_path, capsys):
@@ -114,7 +114,28 @@ def test_cli_exits_2_on_contract_mismatch(kits_store, pretrained_zscore, tmp_pat
 
 
 def test_segmenter_contract_checked_against_dataset_plan():
-    contract = {"spacing_mm": [8.0, 8.0, 10.0], "orientation": "LPS"}
-    check_dataset_for_segmenter(contract, {"plan": {"target_spacing_mm": [8.004, 8.0, 10.0]}}, "d")
+    contract = SegmenterContract(architecture={"num_classes": 2}, in_channels=1, label_names={"1": "a"},
+                                 spacing_mm=[8.0, 8.0, 10.0], orientation="LPS", hu_window=[-1024.0, 325.0],
+                                 normalisation={"kind": "minmax"}, patch_vox=[8, 16, 16])
+    contract.check_plan({"plan": {"target_spacing_mm": [8.004, 8.0, 10.0]}}, "d")
     with pytest.raises(ContractMismatch, match="spacing_mm"):
-        check_dataset_for_segmenter(contract, {"plan": {"target_spacing_mm": [8.1, 8.0, 10.0]}}, "d")
+        contract.check_plan({"plan": {"target_spacing_mm": [8.1, 8.0, 10.0]}}, "d")
+
+
+def test_contract_reads_name_the_file_and_the_field(tmp_path, pretrained):
+    raw = json.loads((Path(pretrained) / "contract.json").read_text())
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "contract.json").write_text(json.dumps({**raw, "patch_vox": [8, 16]}))
+    with pytest.raises(ValueError, match=r"bad/contract\.json: field 'patch_vox' must be 3 integers"):
+        PretrainContract.read(str(bad))
+    (bad / "contract.json").write_text(json.dumps({k: v for k, v in raw.items() if k != "steps"}))
+    with pytest.raises(ValueError, match=r"bad/contract\.json: contract lacks fields \['steps'\]"):
+        PretrainContract.read(str(bad))
+    with pytest.raises(ValueError, match="kind 'pgl-encoder' is not 'pgl-segmenter'"):
+        SegmenterContract.read(pretrained)
+    with pytest.raises(FileNotFoundError, match="none has no contract.json"):
+        SegmenterContract.read(str(tmp_path / "none"))
+    pre = PretrainContract.read(pretrained)
+    assert pre.source.endswith("contract.json") and pre.to_dict() == raw
+    assert pre.norm_from().to_dict() == {"hu_window": raw["hu_window"], **raw["normalisation"]}

@@ -10,8 +10,8 @@ import pytest
 import SimpleITK as sitk
 
 from flows.cli import main as pgl
+from pgl_core.contracts import ContractMismatch
 from pgl_core.evaluate import evaluate_model
-from pgl_core.seg_contract import ContractMismatch
 from phantoms import generate_case
 from tests.finetune.conftest import SMALL_PATCH, make_store
 

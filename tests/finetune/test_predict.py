@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from pgl_core.contracts import load_segmenter
 from pgl_core.predict import predict_file, predict_volume
-from pgl_core.seg_contract import load_segmenter
 from storage.errors import RefusedInput
 from phantoms import generate_case
 from phantoms.writers import DicomIdentity, write_dicom_series

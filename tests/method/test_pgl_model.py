@@ -5,9 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pgl_core.config import PGLConfig, load_config
+from pgl_core.adapt import load_encoder_into
+from pgl_core.config import PGLConfig, config_to_dict, load_config
+from pgl_core.contracts import PretrainContract
 from pgl_core.levels import resolve_local_levels
-from pgl_core.model import ResidualUNet, SegmentationUNet, load_pretrained
+from pgl_core.model import ResidualUNet, SegmentationUNet
 from pgl_core.pgl import PGLModel
 from pgl_core.views import ViewParams, render_views, sample_views
 
@@ -99,7 +101,9 @@ def test_encoder_weights_load_into_segmentation_unet():
     state = model.encoder_state_dict()
     assert all(k.startswith(("encoder.", "decoder.")) for k in state)
     seg = SegmentationUNet(cfg.model, num_classes=3)
-    missing = load_pretrained(seg, state)
+    norm = {"hu_window": [-1024.0, 325.0], "kind": "minmax", "mean_hu": None, "std_hu": None}
+    pre = PretrainContract.build(config_to_dict(cfg), norm, {}, {}, steps=0)
+    missing = load_encoder_into(seg, state, pre, "init t")
     assert all(k.startswith("seg_head.") or k.startswith(("decoder.ups.", "decoder.blocks.")) for k in missing)
     assert any(k.startswith("seg_head.") for k in missing)
     assert not any(k.startswith("encoder.") for k in missing)
@@ -107,10 +111,10 @@ def test_encoder_weights_load_into_segmentation_unet():
         assert torch.equal(seg.state_dict()[k], v)
     # A full-decoder backbone leaves only the head missing.
     full = ResidualUNet(cfg.model)
-    assert all(k.startswith("seg_head.") for k in load_pretrained(seg, full.state_dict()))
+    assert all(k.startswith("seg_head.") for k in load_encoder_into(seg, full.state_dict(), pre, "init t"))
     assert seg(torch.randn(1, 1, 16, 32, 32)).shape == (1, 3, 16, 32, 32)
     with pytest.raises(ValueError, match="lacks"):
-        load_pretrained(seg, {"encoder.nope": torch.zeros(1)})
+        load_encoder_into(seg, {"encoder.nope": torch.zeros(1)}, pre, "init t")
 
 
 def test_backbone_strides_and_paper_size():

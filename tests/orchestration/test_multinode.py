@@ -10,7 +10,7 @@ import pytest
 from flows.launch import LaunchError
 from flows.launch import LaunchSpec, launch
 from flows.stages.keys import resolve_config
-from pgl_core.contract import load_contract
+from pgl_core.contracts import PretrainContract
 
 pytestmark = [pytest.mark.ddp, pytest.mark.slow]
 SMALL = ["views.patch_vox=[8,16,16]", "train.batch_size=2", "train.log_every=1", "train.steps=2",
@@ -36,7 +36,7 @@ def test_two_nodes_on_two_dask_workers(cluster, synthetic_store: str, tmp_path: 
     assert [r["returncode"] for r in results] == [0, 0]
     assert len({r["master"] for r in results}) == 1  # one rendezvous for both nodes
     assert (Path(out) / "encoder.pt").is_file()
-    assert load_contract(out).steps == 2
+    assert PretrainContract.read(out).steps == 2
     params = [line for line in (Path(out) / "metrics.jsonl").read_text().splitlines() if '"params"' in line]
     assert '"world_size": 2' in params[0]  # both nodes joined one process group
 

@@ -13,7 +13,7 @@ import torch
 
 from pgl_core import checkpoint as ckpt
 from pgl_core.config import config_to_dict, load_config
-from pgl_core.contract import build_contract, load_contract, load_encoder_state, write_contract
+from pgl_core.contracts import PretrainContract, load_encoder_state
 from pgl_core.metrics import JsonlSink, MultiSink, read_jsonl
 
 
@@ -93,18 +93,18 @@ def test_contract_roundtrip(tmp_path):
     manifests = {"a": {"plan": {"target_spacing_mm": [1.0, 1.0, 2.0], "orientation": "LPS"}},
                  "b": {"plan": {"target_spacing_mm": [1.0, 1.0, 2.0]}}}
     norm = {"hu_window": (-1024.0, 325.0), "kind": "zscore", "mean_hu": -300.0, "std_hu": 400.0}
-    contract = build_contract(config_to_dict(cfg), norm, manifests, {"a": "h1", "b": "h2"}, steps=50)
+    contract = PretrainContract.build(config_to_dict(cfg), norm, manifests, {"a": "h1", "b": "h2"}, steps=50)
     enc = {"stem.weight": torch.randn(2, 1, 3, 3, 3)}
-    enc_uri, con_uri = write_contract(str(tmp_path / "run"), contract, enc)
+    enc_uri, con_uri = contract.write(str(tmp_path / "run"), enc)
     raw = json.loads(Path(con_uri).read_text())
     assert raw["kind"] == "pgl-encoder" and raw["format_version"] == 1
     assert raw["architecture"]["name"] == "ResidualUNet" and raw["architecture"]["widths"] == [8, 16, 32, 32]
     assert raw["spacing_mm"] == [1.0, 1.0, 2.0] and raw["orientation"] == "LPS"
     assert raw["normalisation"] == {"kind": "zscore", "mean_hu": -300.0, "std_hu": 400.0}
     assert raw["patch_vox"] == [16, 32, 32] and raw["datasets"] == {"a": "h1", "b": "h2"}
-    loaded = load_contract(str(tmp_path / "run"))
-    assert loaded == load_contract(con_uri) and loaded.steps == 50 and loaded.in_channels == 1
+    loaded = PretrainContract.read(str(tmp_path / "run"))
+    assert loaded == PretrainContract.read(con_uri) and loaded.steps == 50 and loaded.in_channels == 1
     assert torch.equal(load_encoder_state(str(tmp_path / "run"))["stem.weight"], enc["stem.weight"])
     Path(con_uri).write_text(json.dumps({**raw, "kind": "other"}))
     with pytest.raises(ValueError, match="kind"):
-        load_contract(con_uri)
+        PretrainContract.read(con_uri)

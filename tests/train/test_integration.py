@@ -19,7 +19,7 @@ import torch
 from benchmarks.loader import write_synthetic_store
 from pgl_core import checkpoint as ckpt
 from pgl_core.config import load_config
-from pgl_core.contract import load_contract, load_encoder_state
+from pgl_core.contracts import PretrainContract, load_encoder_state
 from pgl_core.distributed import init_distributed
 from pgl_core.pretrain import EXIT_PREEMPTED, EXIT_USAGE, main, run_pretraining
 
@@ -52,7 +52,7 @@ def test_run_pretraining_real_model_and_store(store_root, tmp_path):
     assert all(set(h) >= {"probe_gap", "probe_nn_acc", "probe_true_dist"} for h in res.probe_history)
     logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert any("probe_gap" in row for row in logged)
-    contract = load_contract(str(tmp_path / "run"))
+    contract = PretrainContract.read(str(tmp_path / "run"))
     assert set(contract.datasets) == {"dsa", "dsb"} and all(len(h) == 64 for h in contract.datasets.values())
     assert contract.spacing_mm == [0.8, 0.8, 2.5] and contract.patch_vox == [8, 16, 16]
     assert contract.normalisation["kind"] == "foreground" and contract.normalisation["std_hu"] > 0
@@ -76,7 +76,7 @@ def test_cli_max_steps_then_resume_and_usage_errors(store_root, tmp_path, capsys
     assert main(_cli(store_root, out, "--set", "train.steps=4", "--max-steps", "2")) == 0
     assert [s for s, _ in ckpt.list_checkpoints(str(out))] == [2] and not (out / "contract.json").exists()
     assert main(_cli(store_root, out, "--set", "train.steps=4")) == 0
-    assert load_contract(str(out)).steps == 4
+    assert PretrainContract.read(str(out)).steps == 4
     assert main(_cli(store_root, out, "--set", "train.nope=1")) == EXIT_USAGE
     assert "train.nope" in capsys.readouterr().err
     assert main(_cli(store_root, out, "--set", "model.widths=[4,8,8,8]")) == EXIT_USAGE  # resume mismatch
@@ -127,7 +127,7 @@ def test_torchrun_two_ranks_cli(store_root, tmp_path):
     assert proc.returncode == 0, output[-4000:]
     state, _ = ckpt.load_latest(str(out))
     assert state["step"] == 2 and state["sampler"]["world_size"] == 2 and len(state["rng"]) == 2
-    assert load_contract(str(out)).steps == 2
+    assert PretrainContract.read(str(out)).steps == 2
 
 
 @pytest.mark.s3

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pgl_core import checkpoint as ckpt
-from pgl_core.contract import load_contract
+from pgl_core.contracts import PretrainContract
 from pgl_core.metrics import read_jsonl
 from pgl_core.pretrain import Components, NonFiniteLossError, pretrain
 from tests.train.standins import TinyPGL, mem_stores, standin_components, tiny_config
@@ -62,7 +62,7 @@ def test_run_writes_checkpoints_metrics_and_contract(tmp_path):
         assert key in metrics[-1]
     assert 0.0 <= metrics[-1]["data_wait_fraction"] <= 1.0 and metrics[-1]["samples_per_s"] > 0
     assert metrics[0]["lr"] == pytest.approx(1e-3) and metrics[-1]["tau"] > 0.996
-    contract = load_contract(str(tmp_path / "run"))
+    contract = PretrainContract.read(str(tmp_path / "run"))
     assert contract.steps == 8 and contract.datasets == {"dsA": "hash-dsA", "dsB": "hash-dsB"}
     assert contract.normalisation["mean_hu"] == pytest.approx(-350.0)
     assert contract.spacing_mm == [1.5, 1.5, 3.0]
