@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from flows.runtime import TELEMETRY_OFF
-from pgl_core.metrics import JsonlSink
+from pgl_core.sinks import JsonlSink
 
 for _key, _value in TELEMETRY_OFF.items():
     os.environ.setdefault(_key, _value)

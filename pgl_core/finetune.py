@@ -40,7 +40,7 @@ from pgl_core.data import CropSampler, make_loader
 from pgl_core.evaluation.metrics import dice_score
 from pgl_core.evaluation.sliding_window import sliding_window_predict
 from pgl_core.intensity_norm import IntensityNorm, resolve_norm
-from pgl_core.metrics import JsonlSink, MetricsSink, NullSink
+from pgl_core.sinks import JsonlSink, MetricsSink, NullSink
 from pgl_core.nets.unet import SegmentationUNet, cumulative_strides
 from pgl_core.optim import param_groups
 from pgl_core.pretrain import NonFiniteLossError, _amp_dtype, _set_numerics, _step_seed, _StopFlag

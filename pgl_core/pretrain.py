@@ -36,7 +36,7 @@ from pgl_core.config import ConfigError, PGLConfig, add_config_arguments, config
 from pgl_core.contract import build_contract, write_contract
 from pgl_core.data import CropSampler, CropSource, CropStream, index_cases, make_loader, source_size_vox
 from pgl_core.intensity_norm import IntensityNorm, resolve_norm
-from pgl_core.metrics import JsonlSink, MetricsSink, NullSink
+from pgl_core.sinks import JsonlSink, MetricsSink, NullSink
 from pgl_core.optim import build_optimizer
 from pgl_core.probe import probe_hook
 from pgl_core.ema import base_tau_for_steps
