@@ -59,7 +59,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         except LaunchError as err:
             print(f"pgl finetune: {err}", file=sys.stderr)
             return 2 if err.returncode == 2 else EXIT_FAILED
-    from pgl_core.finetune import EXIT_PREEMPTED, run_finetuning
+    from pgl_core.finetune import run_finetuning
+    from pgl_core.loop import EXIT_PREEMPTED
 
     res = run_finetuning(cfg, args.store, args.dataset, args.init, args.output, max_steps=args.max_steps,
                          labelled=args.labelled, device=args.device)

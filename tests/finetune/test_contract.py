@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from pgl_core.contract import ENCODER_FILE, load_contract
-from pgl_core.finetune import EXIT_USAGE, build_model, main, prepare_run
+from pgl_core.finetune import build_model, main, prepare_run
+from pgl_core.loop import EXIT_USAGE
 from pgl_core.seg_contract import ContractMismatch, check_dataset_for_segmenter, load_encoder_into
 from pgl_core.nets.unet import SegmentationUNet
 from storage.store import DatasetStore
