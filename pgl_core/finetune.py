@@ -6,9 +6,9 @@ bookkeeping both share (:mod:`pgl_core.loop`): labelled int16 patches from the s
 (foreground-aware, :mod:`pgl_core.seg_data`) -> HU window + fine-tuning augmentation in HU
 (:mod:`pgl_core.seg_augment`), then normalisation, on the device -> SegmentationUNet under bf16
 autocast (CUDA) -> Dice + CE -> backward (DDP) -> clip -> non-finite guard -> step -> validation
-Dice (sliding window over the val cases, shared between ranks) every ``eval_every`` steps ->
-checkpoints (resume restores weights, optimiser, best-so-far, RNG and the data position), in that
-order in ``_loop``.
+Dice (sliding window over the val cases, shared between ranks; :mod:`pgl_core.seg_validation`)
+every ``eval_every`` steps -> checkpoints (resume restores weights, optimiser, best-so-far, RNG and
+the data position), in that order in ``_loop``.
 
 Initialisation: ``init="random"`` or a pretraining output URI (``contract.json`` + ``encoder.pt``);
 the pretraining contract is checked against the config and the dataset plan first
@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -36,8 +35,6 @@ from pgl_core import distributed as dist_utils
 from pgl_core.config import ConfigError, PGLConfig, config_to_dict, flatten
 from pgl_core.contract import PretrainContract, load_contract, load_encoder_state
 from pgl_core.data import CropSampler, make_loader
-from pgl_core.evaluation.metrics import dice_score
-from pgl_core.evaluation.sliding_window import sliding_window_predict
 from pgl_core.intensity_norm import IntensityNorm, resolve_norm
 from pgl_core.loop import (Cadence, LoopControl, RunOutput, TrainState, amp_dtype, autocast, check_resume_config, ddp,
                            open_sink, parse_loop_args, resume_train_state, run_main, save_train_state, start_world,
@@ -50,6 +47,7 @@ from pgl_core.seg_contract import (build_segmenter_contract, check_pretrain_comp
 from pgl_core.seg_augment import augment_segmentation, lateral_swap_table
 from pgl_core.seg_data import SegPatchStream
 from pgl_core.seg_loss import dice_ce_loss
+from pgl_core.seg_validation import validation_dice
 from pgl_core.sinks import MetricsSink
 from pgl_core.split import split_with_budget
 from storage import blobs
@@ -146,28 +144,6 @@ def build_optimizer(model: nn.Module, cfg: PGLConfig) -> torch.optim.Optimizer:
     if cfg.finetune.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.finetune.lr, momentum=cfg.finetune.momentum, nesterov=True)
     return torch.optim.AdamW(groups, lr=cfg.finetune.lr)
-
-
-@torch.no_grad()
-def validation_dice(model: nn.Module, run: _Run, case_ids: list[str], cfg: PGLConfig,
-                    device: torch.device, bf16: bool) -> float:
-    """Mean Dice over (val case, foreground class) pairs (both empty counts 1), cases shared by rank."""
-    sums = torch.zeros(2, dtype=torch.float64)
-    was_training = model.training
-    model.eval()
-    pad = float(run.norm.apply(torch.tensor([run.norm.hu_window[0]])).item())
-    for case in case_ids[dist_utils.get_rank()::dist_utils.get_world_size()]:
-        image = run.norm.apply(torch.from_numpy(np.asarray(run.store.read_full(case), dtype=np.float32)))
-        pred = sliding_window_predict(image[None, None], model, cfg.finetune.patch_vox, run.num_classes,
-                                      overlap=cfg.finetune.sw_overlap, device=device, bf16=bf16,
-                                      pad_value=pad).numpy()
-        truth = np.asarray(run.store.read_full(case, "label"))
-        for k in range(1, run.num_classes):
-            sums[0] += dice_score(pred == k, truth == k)
-            sums[1] += 1
-    model.train(was_training)
-    total = dist_utils.all_reduce_mean(sums.to(device)).cpu()
-    return float(total[0] / total[1]) if total[1] > 0 else math.nan
 
 
 @dataclass
@@ -334,7 +310,10 @@ def _validate(s: _Session, raw: nn.Module, bf16: bool, best: dict[str, Any], res
     """Collective: validation Dice; the best weights so far are kept (CPU copy) in ``best``."""
     if not s.run.split["val"]:
         return
-    dice = validation_dice(raw, s.run, s.run.split["val"], s.cfg, s.world.device, bf16)
+    cfg, run = s.cfg, s.run
+    ft = cfg.finetune
+    dice = validation_dice(raw, run.store, run.norm, run.num_classes, run.split["val"], ft.patch_vox, ft.sw_overlap,
+                           s.world.device, bf16)
     res.final_val_dice = dice
     res.val_history.append({"step": float(res.steps), "val_dice": dice})
     s.sink.log_metrics(res.steps, {"val_dice": dice})
