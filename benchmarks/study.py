@@ -126,7 +126,7 @@ def finetune_eval(cfg: Any, store_root: str, dataset: str, init: str, seed: int,
     """One fine-tune (``finetune.seed=seed``) + test-split evaluation (final and early weights):
     per-class Dice of both, plus the split and timings."""
     from pgl_core.finetune import EARLY_MODEL_DIR, run_finetuning
-    from pgl_core.metrics import NullSink
+    from pgl_core.sinks import NullSink
     from pgl_core.study import headline
 
     cfg = cfg.model_copy(deep=True)

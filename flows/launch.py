@@ -34,9 +34,9 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from pgl_core.config import PGLConfig, config_to_dict
+from pgl_core.exits import EXIT_PREEMPTED
 from storage.errors import TRANSIENT_ERRORS
 
-PREEMPTED_EXIT = 75  # the training modules' exit status after a checkpoint on SIGTERM
 GPU_RESOURCE = "GPU"
 # Set when this process was asked to stop (SIGTERM) while training ran: the training got the signal
 # too, checkpointed and exited; retrying it here would only restart what the user stopped.
@@ -108,7 +108,7 @@ def run_torchrun(module: str, args: list[str], nproc: int = 1, node: NodeSpec = 
                  tail_lines: int = 40) -> int:
     """Run ``module`` under torchrun and stream its output.
 
-    Returns the exit status when it is 0 or :data:`PREEMPTED_EXIT` (checkpoint written; rerun to
+    Returns the exit status when it is 0 or :data:`EXIT_PREEMPTED` (checkpoint written; rerun to
     resume); raises :class:`LaunchError` with the last ``tail_lines`` lines for any other status.
     """
     cmd = torchrun_command(module, args, nproc, node)
@@ -128,7 +128,7 @@ def run_torchrun(module: str, args: list[str], nproc: int = 1, node: NodeSpec = 
             code = proc.wait()
         finally:
             restore()
-    if code not in (0, PREEMPTED_EXIT):
+    if code not in (0, EXIT_PREEMPTED):
         raise LaunchError(code, list(tail), f"{module} ({nproc} process(es), node {node.node_rank})")
     return code
 
@@ -215,7 +215,7 @@ def run_on_client(client: Any, module: str, flags: dict[str, str | None], config
                for i, w in enumerate(workers)]
     results = sorted(client.gather(futures), key=lambda r: r["node_rank"])
     for r in results:
-        if r["returncode"] not in (0, PREEMPTED_EXIT):
+        if r["returncode"] not in (0, EXIT_PREEMPTED):
             raise LaunchError(r["returncode"], r["tail"],
                               f"{module} node {r['node_rank']} of {nnodes} on {r['host']} (rendezvous {r['master']})")
     return results
@@ -271,8 +271,8 @@ def launch(module: str, flags: dict[str, str | None], cfg: PGLConfig, spec: Laun
             code = run_torchrun(module, argv, nproc=spec.nproc, node=NodeSpec(), env=env,
                                 echo=lambda line: logger.info(line))
         results = [{"node_rank": 0, "returncode": code, "host": os.uname().nodename}]
-    if any(r["returncode"] == PREEMPTED_EXIT for r in results):
-        raise Preempted(f"{module} was preempted (exit {PREEMPTED_EXIT}); a retry resumes from its checkpoint")
+    if any(r["returncode"] == EXIT_PREEMPTED for r in results):
+        raise Preempted(f"{module} was preempted (exit {EXIT_PREEMPTED}); a retry resumes from its checkpoint")
     return results
 
 

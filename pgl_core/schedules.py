@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import math
 
+from pgl_core.ema import ema_tau
+
 
 def lr_at(step: int, total_steps: int, peak_lr: float, warmup_steps: int, min_lr_ratio: float) -> float:
     """Learning rate for optimisation step ``step`` (0-based).
@@ -24,15 +26,9 @@ def lr_at(step: int, total_steps: int, peak_lr: float, warmup_steps: int, min_lr
     return floor + (peak_lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def cosine_tau(step: int, total_steps: int, base_tau: float) -> float:
-    """BYOL's EMA momentum: ``1 - (1 - base_tau) * (cos(pi * step / total) + 1) / 2``."""
-    progress = min(max(step / max(total_steps, 1), 0.0), 1.0)
-    return 1.0 - (1.0 - base_tau) * (math.cos(math.pi * progress) + 1.0) / 2.0
-
-
 def tau_at(step: int, total_steps: int, base_tau: float) -> float:
-    """EMA momentum for ``step``: BYOL's cosine from ``base_tau`` to 1 (:func:`cosine_tau`)."""
-    return cosine_tau(step, total_steps, base_tau)
+    """EMA momentum for ``step``: BYOL's cosine from ``base_tau`` to 1 (:func:`pgl_core.ema.ema_tau`)."""
+    return ema_tau(step, total_steps, base_tau)
 
 
 def set_lr(optimizer, lr: float) -> None:  # noqa: ANN001 - any torch optimizer

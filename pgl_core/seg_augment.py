@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from pgl_core.finetune_config import FinetuneAugConfig
-from pgl_core.intensity import gaussian_blur, gaussian_kernels
+from pgl_core.view_intensity import gaussian_blur, gaussian_kernels
 
 _SIDE = {"left": "right", "right": "left", "l": "r", "r": "l", "lt": "rt", "rt": "lt"}
 

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from pgl_core.config import ViewConfig
-from pgl_core.intensity import augment_intensity
+from pgl_core.view_intensity import augment_intensity
 
 DEFAULT_MIN_AXIS_OVERLAP = 0.25
 _SHRINK_STEPS = 8
@@ -255,7 +255,7 @@ def render_views(
 
     One trilinear ``grid_sample`` (align_corners=False, border padding) renders both views on the
     volumes' device, in float32. ``intensity=True`` then applies the per-view intensity
-    augmentations of ``config`` (see ``intensity.py``), which never move anatomy; ``units_per_hu``
+    augmentations of ``config`` (see ``view_intensity.py``), which never move anatomy; ``units_per_hu``
     converts their HU-valued strengths to the volumes' normalised units.
     """
     if volumes.dim() != 5 or volumes.shape[0] != params.batch:

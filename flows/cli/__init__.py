@@ -20,8 +20,8 @@ from typing import Callable
 
 from flows import runtime
 from pgl_core.config import add_config_arguments
+from pgl_core.exits import EXIT_PARTIAL, EXIT_PREEMPTED, EXIT_USAGE
 
-EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_PREEMPTED = 0, 1, 2, 75
 PARSER_MODULES = ("flows.cli.data", "flows.cli.train", "flows.cli.seg", "flows.cli.ops", "flows.cli.study")
 
 

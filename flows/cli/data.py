@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from flows.cli import EXIT_OK, EXIT_PARTIAL, UsageError, add_config_args, add_store_args, triple
+from flows.cli import UsageError, add_config_args, add_store_args, triple
+from pgl_core.exits import EXIT_OK, EXIT_PARTIAL
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:

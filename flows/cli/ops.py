@@ -8,7 +8,8 @@ import os
 import signal
 from pathlib import Path
 
-from flows.cli import EXIT_OK, EXIT_PARTIAL, UsageError, add_config_args, add_device_args, add_store_args
+from flows.cli import UsageError, add_config_args, add_device_args, add_store_args
+from pgl_core.exits import EXIT_OK, EXIT_PARTIAL
 
 
 def _csv(text: str) -> list[str]:

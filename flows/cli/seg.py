@@ -10,8 +10,9 @@ import json
 import sys
 from pathlib import Path
 
-from flows.cli import (EXIT_OK, EXIT_PARTIAL, UsageError, add_config_args, add_device_args, add_stage_args,
-                       add_store_args, run_training_stage)
+from flows.cli import (UsageError, add_config_args, add_device_args, add_stage_args, add_store_args,
+                       run_training_stage)
+from pgl_core.exits import EXIT_OK, EXIT_PARTIAL
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -22,8 +23,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                        "first). Writes checkpoints, split.json and the best-on-validation model directory "
                        "OUTPUT/model, evaluates it on the test split and registers it as pgl-seg-DATASET.")
     add_store_args(p, "Labelled dataset name in the store.")
-    p.add_argument("--init", default="random", help="'random' (default), a pretraining output URI or a registered encoder "
-                   "(models:/pgl-encoder@champion).")
+    p.add_argument("--init", default="random", help="'random' (default), a pretraining output URI or a "
+                   "registered encoder (models:/pgl-encoder@champion).")
     p.add_argument("--output", required=True, help="Run output folder or s3:// URI.")
     p.add_argument("--labelled", type=float, help="Labelled training cases: a count >= 1 or a fraction < 1.")
     p.add_argument("--steps", type=int, help="Optimisation steps (sets finetune.steps).")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from flows.cli import EXIT_OK, add_config_args, add_device_args, add_stage_args, add_store_args, run_training_stage
+from flows.cli import add_config_args, add_device_args, add_stage_args, add_store_args, run_training_stage
+from pgl_core.exits import EXIT_OK
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:

@@ -3,7 +3,7 @@
 Only the tracking adapter (``flows/tracking/``) imports mlflow: this module (runs, params, metrics,
 artifacts), ``registry.py`` (registered models, aliases, ``resolve_model``) and
 ``pyfunc_model.py`` (the pyfunc wrapper). Everything else talks to MLflow through them;
-``pgl_core`` only sees the :class:`pgl_core.metrics.MetricsSink` protocol that
+``pgl_core`` only sees the :class:`pgl_core.sinks.MetricsSink` protocol that
 :class:`MlflowSink` implements.
 
 Where runs go (configuration, never a code fork):
@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from flows.runtime import TELEMETRY_OFF
-from pgl_core.metrics import JsonlSink
+from pgl_core.sinks import JsonlSink
 
 for _key, _value in TELEMETRY_OFF.items():
     os.environ.setdefault(_key, _value)

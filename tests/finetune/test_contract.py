@@ -11,7 +11,8 @@ import torch
 
 from pgl_core.adapt import load_encoder_into
 from pgl_core.contracts import ENCODER_FILE, ContractMismatch, PretrainContract, SegmenterContract
-from pgl_core.finetune import EXIT_USAGE, build_model, main, prepare_run
+from pgl_core.finetune import build_model, main, prepare_run
+from pgl_core.loop import EXIT_USAGE
 from pgl_core.nets.unet import SegmentationUNet
 from storage.store import DatasetStore
 from tests.finetune.conftest import make_store, tiny_cfg, write_pretrain_output

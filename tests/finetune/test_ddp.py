@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pgl_core import checkpoint as ckpt
-from pgl_core.metrics import read_jsonl
+from pgl_core.sinks import read_jsonl
 from tests.finetune.conftest import FAST, SMALL_PATCH
 
 pytestmark = [pytest.mark.ddp, pytest.mark.slow]

@@ -14,7 +14,7 @@ import torch
 from pgl_core import checkpoint as ckpt
 from pgl_core.contracts import load_segmenter
 from pgl_core.finetune import run_finetuning
-from pgl_core.metrics import NullSink, read_jsonl
+from pgl_core.sinks import NullSink, read_jsonl
 from storage.store import DatasetStore
 from tests.finetune.conftest import SMALL_PATCH, tiny_cfg
 

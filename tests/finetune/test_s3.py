@@ -8,7 +8,7 @@ import pytest
 import SimpleITK as sitk
 
 from pgl_core.finetune import run_finetuning
-from pgl_core.metrics import NullSink
+from pgl_core.sinks import NullSink
 from pgl_core.predict import predict_file
 from storage import blobs
 from phantoms import generate_case

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pgl_core.config import ViewConfig
-from pgl_core.intensity import augment_intensity, gaussian_blur, gaussian_kernels
+from pgl_core.view_intensity import augment_intensity, gaussian_blur, gaussian_kernels
 from pgl_core.views import ViewParams, render_views, sample_views, source_shape_for
 from tests.method.conftest import coordinate_volume
 

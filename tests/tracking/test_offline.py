@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pgl_core.metrics import read_jsonl
+from pgl_core.sinks import read_jsonl
 from tests.plugins.mlflow_server import free_port
 
 

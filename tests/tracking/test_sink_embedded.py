@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pgl_core.config import config_to_dict, flatten, load_config
-from pgl_core.metrics import MetricsSink, read_jsonl
+from pgl_core.sinks import MetricsSink, read_jsonl
 
 
 @pytest.fixture

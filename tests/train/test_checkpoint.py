@@ -14,7 +14,7 @@ import torch
 from pgl_core import checkpoint as ckpt
 from pgl_core.config import config_to_dict, load_config
 from pgl_core.contracts import PretrainContract, load_encoder_state
-from pgl_core.metrics import JsonlSink, MultiSink, read_jsonl
+from pgl_core.sinks import JsonlSink, MultiSink, read_jsonl
 
 
 def _state(step: int) -> dict:

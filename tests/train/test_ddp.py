@@ -42,14 +42,14 @@ def _worker(rank: int, port: int, out_dir: str, mode: str) -> None:
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     from pgl_core import distributed as dist_utils
-    from pgl_core.pretrain import _wrap, pretrain
+    from pgl_core.pretrain import pretrain, wrap_model
 
     world = dist_utils.init_distributed("cpu")
     try:
         if mode == "grads":
             torch.manual_seed(0)
             raw = TinyPGL()
-            model = _wrap(raw, tiny_config(), world)
+            model = wrap_model(raw, tiny_config(), world)
             view_a, view_b, params = _global_batch()
             half = slice(rank * 2, rank * 2 + 2)
             model(view_a[half], view_b[half], _slice(params, half))["loss"].backward()

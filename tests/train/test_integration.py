@@ -21,7 +21,8 @@ from pgl_core import checkpoint as ckpt
 from pgl_core.config import load_config
 from pgl_core.contracts import PretrainContract, load_encoder_state
 from pgl_core.distributed import init_distributed
-from pgl_core.pretrain import EXIT_PREEMPTED, EXIT_USAGE, main, run_pretraining
+from pgl_core.loop import EXIT_PREEMPTED, EXIT_USAGE
+from pgl_core.pretrain import main, run_pretraining
 
 REPO = Path(__file__).resolve().parents[2]
 SMALL = ["views.patch_vox=[8,16,16]", "train.batch_size=2", "train.log_every=1", "train.checkpoint_every_steps=2"]

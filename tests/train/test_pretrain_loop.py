@@ -11,8 +11,9 @@ import torch
 
 from pgl_core import checkpoint as ckpt
 from pgl_core.contracts import PretrainContract
-from pgl_core.metrics import read_jsonl
-from pgl_core.pretrain import Components, NonFiniteLossError, pretrain
+from pgl_core.loop import NonFiniteLossError
+from pgl_core.pretrain import Components, pretrain
+from pgl_core.sinks import read_jsonl
 from tests.train.standins import TinyPGL, mem_stores, standin_components, tiny_config
 
 

@@ -10,7 +10,7 @@ from torch import nn
 
 from pgl_core.config import OptimConfig
 from pgl_core.optim import LARS, build_optimizer, param_groups
-from pgl_core.schedules import cosine_tau, lr_at, set_lr, tau_at
+from pgl_core.schedules import lr_at, set_lr, tau_at
 
 
 def test_lr_warmup_is_linear_then_cosine_to_floor():
@@ -35,9 +35,9 @@ def test_lr_without_warmup_starts_at_peak():
 
 
 def test_tau_rises_from_base_to_one():
-    assert cosine_tau(0, 100, 0.996) == pytest.approx(0.996)
-    assert cosine_tau(100, 100, 0.996) == pytest.approx(1.0)
-    assert cosine_tau(50, 100, 0.996) == pytest.approx(0.998)
+    assert tau_at(0, 100, 0.996) == pytest.approx(0.996)
+    assert tau_at(100, 100, 0.996) == pytest.approx(1.0)
+    assert tau_at(50, 100, 0.996) == pytest.approx(0.998)
     taus = [tau_at(s, 100, 0.99) for s in range(101)]
     assert taus[0] == pytest.approx(0.99, abs=1e-6) and taus[-1] == pytest.approx(1.0, abs=1e-6)
     assert all(a <= b + 1e-12 for a, b in zip(taus, taus[1:]))
