@@ -41,6 +41,9 @@ GPU_RESOURCE = "GPU"
 # Set when this process was asked to stop (SIGTERM) while training ran: the training got the signal
 # too, checkpointed and exited; retrying it here would only restart what the user stopped.
 TERMINATED = threading.Event()
+# The CLI sets this: a training it runs prints its output on the console too (runs always log it to
+# Prefect at INFO). The pipeline leaves it off: parallel fine-tunes would interleave.
+ECHO_TO_CONSOLE = False
 
 
 class LaunchError(RuntimeError):
@@ -233,6 +236,13 @@ def launch_on_dask(module: str, flags: dict[str, str | None], config: dict[str, 
         return run_on_client(client, module, flags, config, nnodes, nproc, env)
 
 
+def _echo(logger: Any, line: str) -> None:
+    logger.info(line)
+    if ECHO_TO_CONSOLE:  # not print(): the flows' log_prints would turn it into a log record
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+
 def _retry_launch(task_, task_run, state) -> bool:
     if TERMINATED.is_set():
         return False
@@ -269,7 +279,7 @@ def launch(module: str, flags: dict[str, str | None], cfg: PGLConfig, spec: Laun
         with tempfile.TemporaryDirectory(prefix="pgl-launch-") as tmp:
             argv = train_argv(flags, write_config_file(config_to_dict(cfg), tmp))
             code = run_torchrun(module, argv, nproc=spec.nproc, node=NodeSpec(), env=env,
-                                echo=lambda line: logger.info(line))
+                                echo=lambda line: _echo(logger, line))
         results = [{"node_rank": 0, "returncode": code, "host": os.uname().nodename}]
     if any(r["returncode"] == EXIT_PREEMPTED for r in results):
         raise Preempted(f"{module} was preempted (exit {EXIT_PREEMPTED}); a retry resumes from its checkpoint")

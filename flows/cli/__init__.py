@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import Callable
 
@@ -72,14 +73,17 @@ def add_stage_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workdir", default="pgl-work", help="Folder of the embedded MLflow store, the model cache "
                    "and the Prefect home (default pgl-work; MLFLOW_TRACKING_URI / PREFECT_API_URL take "
                    "precedence). Run `pgl serve` from the same folder to share them.")
+    p.set_defaults(own_console=True)
 
 
 def run_training_stage(command: str, call: Callable[[], dict]) -> dict | int:
     """Run a training stage's flow for the CLI: its result, or the exit status of a failure (2 for a
     configuration error the training reported, 75 when preempted after a checkpoint, 1 otherwise)
     with the reason on stderr."""
+    from flows import launch
     from flows.launch import LaunchError, Preempted
 
+    launch.ECHO_TO_CONSOLE = True
     try:
         return call()
     except Preempted as err:
@@ -111,6 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "own_console", False):
+        # the command prints the training's output, its result or its error itself: Prefect's console
+        # handler would repeat a failure as a page of engine traceback (runs still log to the API).
+        # Set before prefect is imported: it configures logging then.
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
     runtime.configure(getattr(args, "workdir", None))
     from pgl_core.config import ConfigError
 

@@ -47,7 +47,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="Evaluate even when model and dataset are unchanged.")
     p.add_argument("--workdir", default="pgl-work", help="Folder of the embedded MLflow store and model cache "
                    "(default pgl-work; MLFLOW_TRACKING_URI takes precedence).")
-    p.set_defaults(handler=cmd_evaluate)
+    p.set_defaults(handler=cmd_evaluate, own_console=True)
 
     p = sub.add_parser("predict", help="Segment a CT file or DICOM series folder.",
                        description="Apply a segmenter (with its preprocessing contract) to one NIfTI / NRRD / "
