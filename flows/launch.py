@@ -27,7 +27,7 @@ import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 from urllib.parse import urlparse
 
 from prefect import get_run_logger, task
@@ -55,9 +55,9 @@ class LaunchError(RuntimeError):
         super().__init__(f"{what} exited with status {returncode}; last output:\n" + "\n".join(tail))
 
 
-@dataclass(frozen=True)
-class NodeSpec:
-    """Where this node sits in a multi-node job. ``master_addr`` must be reachable from all nodes."""
+class NodeSpec(NamedTuple):
+    """Where this node sits in a multi-node job (a value: sent as is to the node's Dask worker).
+    ``master_addr`` must be reachable from all nodes."""
 
     nnodes: int = 1
     node_rank: int = 0

@@ -9,16 +9,13 @@ from __future__ import annotations
 import os
 import tempfile
 
-# Nothing leaves loopback: telemetry off before any import of prefect / mlflow.
-os.environ.setdefault("DO_NOT_TRACK", "true")
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
-os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "error")
-os.environ.setdefault("PGL_PROGRESS", "0")
-# Embedded Prefect keeps its database in a throw-away folder, never in the home folder.
+from flows import runtime  # imports nothing heavy
+
+# Embedded Prefect keeps its database in a throw-away folder, never in the home folder; then the
+# CLI's own settings (nothing leaves loopback: telemetry off before any import of prefect / mlflow).
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="pgl-test-prefect-"))
+os.environ.setdefault("PGL_PROGRESS", "0")
+runtime.configure()
 
 from tests.plugins.realdata import *  # noqa: E402,F401,F403
 from tests.plugins.s3 import *  # noqa: E402,F401,F403

@@ -25,8 +25,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=cmd_phantoms)
 
     p = sub.add_parser("preprocess", help="Convert raw CT (MSD, volume folder, DICOM tree) to a Zarr dataset.",
-                       description="Convert raw CT into a chunked Zarr v3 dataset, one Prefect task per case on "
-                       "Dask. Reruns skip unchanged cases; new cases are added incrementally.")
+                       description=cmd_preprocess.__doc__)
     p.add_argument("--input", required=True, help="MSD folder, folder of volumes or DICOM tree (path or s3://).")
     add_store_args(p, "Dataset name (a Zarr group under the store root).")
     p.add_argument("--target-spacing", type=triple(float), metavar="X,Y,Z",
@@ -62,6 +61,8 @@ def cmd_phantoms(args: argparse.Namespace) -> int:
 
 
 def cmd_preprocess(args: argparse.Namespace) -> int:
+    """Convert raw CT into a chunked Zarr v3 dataset, one Prefect task per case on Dask. Reruns skip
+    unchanged cases; new cases are added incrementally."""
     from flows.stages.preprocess import preprocess
     from pgl_core.config import load_config
 

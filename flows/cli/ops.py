@@ -26,9 +26,7 @@ def _ints(text: str) -> list[int]:
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "pipeline", help="Preprocess -> pretrain -> fine-tune + evaluate every labelled dataset (one flow run).",
-        description="Run the pipeline flow: preprocess every dataset folder under --input, pretrain on all of "
-        "them, fine-tune, evaluate and register each labelled dataset for every init and seed. Stages whose "
-        "config and inputs are unchanged are skipped (and say so). Exit 1 when some item failed.")
+        description=cmd_pipeline.__doc__)
     p.add_argument("--input", required=True, help="Folder holding one raw dataset folder per dataset.")
     add_store_args(p)
     p.add_argument("--output", required=True, help="Output root (pretrain-MODE/, finetune/, results.json).")
@@ -51,9 +49,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "serve", help="Serve every stage and the pipeline as Prefect deployments (UI: run one stage).",
-        description="Serve the deployments preprocess/preprocess, pretrain/pretrain, finetune/finetune, "
-        "evaluate/evaluate and pipeline/pipeline against PREFECT_API_URL. Without it, a local Prefect server "
-        "is started on 127.0.0.1 with its database under --workdir and stopped on exit.")
+        description=cmd_serve.__doc__)
     p.add_argument("--schedules", metavar="FILE", help="YAML with cron/interval schedules and default "
                    "parameters per deployment (see docs/scale-out.md).")
     p.add_argument("--only", type=_csv, help="Comma-separated deployments to serve (default: all).")
@@ -64,6 +60,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_pipeline(args: argparse.Namespace) -> int:
+    """Run the pipeline flow: preprocess every dataset folder under --input, pretrain on all of
+    them, fine-tune, evaluate and register each labelled dataset for every init and seed. Stages
+    whose config and inputs are unchanged are skipped (and say so). Exit 1 when some item failed."""
     from flows.stages.pipeline import INITS, PipelineFailed, pipeline_flow
     from flows.stages.results import summary_lines
     from pgl_core.config import load_config
@@ -87,6 +86,9 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve the deployments preprocess/preprocess, pretrain/pretrain, finetune/finetune,
+    evaluate/evaluate and pipeline/pipeline against PREFECT_API_URL. Without it, a local Prefect
+    server is started on 127.0.0.1 with its database under --workdir and stopped on exit."""
     from flows import serve
 
     server = None

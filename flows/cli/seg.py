@@ -17,11 +17,7 @@ from pgl_core.exits import EXIT_OK, EXIT_PARTIAL
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("finetune", help="Fine-tune a segmentation U-Net on a labelled dataset.",
-                       description="Supervised fine-tuning through the finetune stage (the same key, skip, "
-                       "MLflow run and registration as the pipeline and the Prefect UI), from random init, a "
-                       "pretraining output or a registered encoder (its preprocessing contract is checked "
-                       "first). Writes checkpoints, split.json and the best-on-validation model directory "
-                       "OUTPUT/model, evaluates it on the test split and registers it as pgl-seg-DATASET.")
+                       description=cmd_finetune.__doc__)
     add_store_args(p, "Labelled dataset name in the store.")
     p.add_argument("--init", default="random", help="'random' (default), a pretraining output URI or a "
                    "registered encoder (models:/pgl-encoder@champion).")
@@ -36,8 +32,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=cmd_finetune)
 
     p = sub.add_parser("evaluate", help="Evaluate a segmenter on a dataset split (Dice, HD95, NSD).",
-                       description="Sliding-window prediction of the split's cases, per-case and summary "
-                       "metrics (metrics.csv, metrics.json) and overlay PNGs under OUTPUT.")
+                       description=cmd_evaluate.__doc__)
     p.add_argument("--model", required=True, help="Model directory or models:/NAME@ALIAS.")
     add_store_args(p, "Dataset name in the store.")
     p.add_argument("--output", required=True, help="Local folder for tables and overlays.")
@@ -50,8 +45,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=cmd_evaluate, own_console=True)
 
     p = sub.add_parser("predict", help="Segment a CT file or DICOM series folder.",
-                       description="Apply a segmenter (with its preprocessing contract) to one NIfTI / NRRD / "
-                       "MHA file or DICOM series folder; the label map is written in the input's geometry.")
+                       description=cmd_predict.__doc__)
     p.add_argument("--model", required=True, help="Model directory or models:/NAME@ALIAS.")
     p.add_argument("--input", required=True, help="Input file or DICOM series folder (path or s3://).")
     p.add_argument("--output", required=True, help="Output label map (.nii.gz, .nii, .nrrd or .mha; path or s3://).")
@@ -74,6 +68,11 @@ def model_dir_of(uri: str) -> str:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
+    """Supervised fine-tuning through the finetune stage (the same key, skip, MLflow run and
+    registration as the pipeline and the Prefect UI), from random init, a pretraining output or a
+    registered encoder (its preprocessing contract is checked first). Writes checkpoints, split.json
+    and the best-on-validation model directory OUTPUT/model, evaluates it on the test split and
+    registers it as pgl-seg-DATASET."""
     from flows.stages.finetune import finetune_flow
     from pgl_core.config import load_config
 
@@ -101,6 +100,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Sliding-window prediction of the split's cases, per-case and summary metrics (metrics.csv,
+    metrics.json) and overlay PNGs under OUTPUT."""
     from flows.stages.evaluate import evaluate_flow
 
     if not args.model.startswith(("models:/", "runs:/")):
@@ -118,6 +119,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    """Apply a segmenter (with its preprocessing contract) to one NIfTI / NRRD / MHA file or DICOM
+    series folder; the label map is written in the input's geometry."""
     from pgl_core.predict import predict_file
     from storage.errors import StorageError
 

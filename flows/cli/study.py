@@ -11,20 +11,12 @@ from flows.cli import add_config_args, triple
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="Run the whole pipeline on synthetic phantoms, embedded (no services).",
-                       description="Generate phantoms and run the pipeline flow on them with the embedded stack: "
-                       "preprocess, pretrain (PGL and BYOL), the supervised gate (random init, all labels), "
-                       "fine-tune PhantomLiTS and PhantomSpleen from PGL, BYOL and random init with 2 labelled "
-                       "cases over 2 seeds, evaluate, register; prints the gate, the Dice table and paired "
-                       "differences with 95%% intervals (results.json). About 8 minutes on 2 CPU cores. "
-                       "Everything stays under --workdir.")
+                       description=cmd_demo.__doc__)
     p.add_argument("--workdir", default="demo-work", help="Folder for everything the demo makes.")
     p.set_defaults(handler=cmd_demo)
 
     p = sub.add_parser("study", help="The PGL-versus-baselines study on phantoms at any size.",
-                       description="The demo's protocol (phantoms -> pipeline with the supervised gate and an "
-                       "init x seed grid -> results.json: gate, per-init Dice, paired differences with 95%% "
-                       "intervals, verdict) with every size a flag; see docs/study.md for the decisive CPU "
-                       "command.")
+                       description=cmd_study.__doc__)
     p.add_argument("--workdir", default="study-work", help="Folder for everything the study makes.")
     p.add_argument("--shape", type=triple(int), default=(24, 48, 48), metavar="Z,Y,X", help="Phantom size.")
     p.add_argument("--cases", type=int, default=10, help="Cases per labelled dataset (default 10).")
@@ -50,12 +42,20 @@ def _split(text: str) -> list[str]:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    """Generate phantoms and run the pipeline flow on them with the embedded stack: preprocess,
+    pretrain (PGL and BYOL), the supervised gate (random init, all labels), fine-tune PhantomLiTS
+    and PhantomSpleen from PGL, BYOL and random init with 2 labelled cases over 2 seeds, evaluate,
+    register; prints the gate, the Dice table and paired differences with 95% intervals
+    (results.json). About 8 minutes on 2 CPU cores. Everything stays under --workdir."""
     from flows.study import run_demo
 
     return run_demo(Path(args.workdir))
 
 
 def cmd_study(args: argparse.Namespace) -> int:
+    """The demo's protocol (phantoms -> pipeline with the supervised gate and an init x seed grid ->
+    results.json: gate, per-init Dice, paired differences with 95% intervals, verdict) with every
+    size a flag; see docs/study.md for the decisive CPU command."""
     from flows.study import DEMO_CONFIG, StudySpec, run_demo
     from pgl_core.config import load_config
 

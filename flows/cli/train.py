@@ -12,11 +12,7 @@ from pgl_core.exits import EXIT_OK
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "pretrain", help="PGL self-supervised pretraining on one or more Zarr datasets.",
-        description="Pretrain an encoder with PGL (global BYOL + prior-guided local consistency) through the "
-        "pretrain stage: the same stage key, skip, MLflow run and registration (pgl-encoder) as the pipeline "
-        "and the Prefect UI. Training runs under torchrun (--nproc processes). Resumes from the latest "
-        "checkpoint in --output. Exit 75 means preempted (SIGTERM) after a checkpoint: rerun the same "
-        "command to resume.")
+        description=cmd_pretrain.__doc__)
     add_store_args(p)
     p.add_argument("--datasets", required=True, help="Comma-separated dataset names in the store.")
     p.add_argument("--output", required=True, help="Run output (checkpoints, encoder.pt, contract.json).")
@@ -31,6 +27,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
+    """Pretrain an encoder with PGL (global BYOL + prior-guided local consistency) through the
+    pretrain stage: the same stage key, skip, MLflow run and registration (pgl-encoder) as the
+    pipeline and the Prefect UI. Training runs under torchrun (--nproc processes). Resumes from the
+    latest checkpoint in --output. Exit 75 means preempted (SIGTERM) after a checkpoint: rerun the
+    same command to resume."""
     from flows.stages.pretrain import pretrain_flow
     from pgl_core.config import load_config
 

@@ -163,7 +163,7 @@ def run_pipeline(input: str, store: str, output: str, cfg: PGLConfig, datasets: 
     try:
         encoders = _pretrain_all([m for m in ("pgl", "global") if m in inits], store, names, output, common,
                                  failures)
-        jobs = _finetune_grid(store, labelled_names, inits, seeds, encoders, output, labelled, common,
+        jobs = finetune_grid(store, labelled_names, inits, seeds, encoders, output, labelled, common,
                               parallel, failures, gate, gate_steps)
         items = [i for i in jobs if not i.get("gate")]
         gate_items = [i for i in jobs if i.get("gate")]
@@ -185,10 +185,13 @@ def run_pipeline(input: str, store: str, output: str, cfg: PGLConfig, datasets: 
     return summary
 
 
-def _finetune_grid(store: str, datasets: list[str], inits: list[str], seeds: list[int],
+def finetune_grid(store: str, datasets: list[str], inits: list[str], seeds: list[int],
                    encoders: dict[str, dict[str, Any]], output: str, labelled: float | None,
                    common: dict[str, Any], parallel: int | None, failures: list[str],
                    gate: bool = False, gate_steps: int | None = None) -> list[dict[str, Any]]:
+    """Fine-tune every (dataset, init, seed) of the grid (and, with ``gate``, each dataset from random
+    init with all its labels), at most ``parallel`` at once; returns the finished items' results and
+    appends a reason per failed item to ``failures``."""
     nproc = int(common.get("nproc", 1))
     slots = parallel or default_parallel(nproc)
     ft_common = {k: v for k, v in common.items() if k not in ("steps", "mode")}

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from prefect import flow
 
-from flows.stages.pipeline import PipelineFailed, _finetune_grid, pipeline_flow
+from flows.stages.pipeline import PipelineFailed, finetune_grid, pipeline_flow
 from flows.stages.finetune import finetune_flow
 from tests.orchestration.conftest import TINY
 
@@ -105,7 +105,7 @@ def test_failures_are_isolated_and_named(first_run, raw_root: Path, tmp_path: Pa
     @flow
     def grid() -> tuple[list, list]:
         failures: list[str] = []
-        items = _finetune_grid(paths["store"], ["PhantomSpleen"], ["pgl", "global"], [0], encoders,
+        items = finetune_grid(paths["store"], ["PhantomSpleen"], ["pgl", "global"], [0], encoders,
                                paths["output"], None, {"preset": "tiny", "overrides": TINY,
                                                        "workdir": paths["workdir"]}, 2, failures)
         return items, failures
