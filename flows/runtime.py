@@ -7,6 +7,7 @@ Nothing here changes results; it only decides where state lives and that nothing
 from __future__ import annotations
 
 import os
+import urllib.parse
 import warnings
 from pathlib import Path
 
@@ -25,6 +26,7 @@ def configure(workdir: str | Path | None = None) -> None:
     """
     for key, value in TELEMETRY_OFF.items():
         os.environ.setdefault(key, value)
+    move_url_credentials()
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_RESULTS_PERSIST_BY_DEFAULT", "false")
@@ -42,3 +44,29 @@ def configure(workdir: str | Path | None = None) -> None:
 def prefect_server_configured() -> bool:
     """True when a Prefect API server is configured (else Prefect runs embedded, in-process)."""
     return bool(os.environ.get("PREFECT_API_URL"))
+
+
+# URL variables whose credentials have a variable of their own: (URL, user variable, password variable)
+_CREDENTIAL_HOMES = (("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"),
+                     ("PREFECT_API_URL", None, None))
+
+
+def move_url_credentials() -> None:
+    """Take ``user:password@`` out of ``MLFLOW_TRACKING_URI`` (into ``MLFLOW_TRACKING_USERNAME`` /
+    ``MLFLOW_TRACKING_PASSWORD``, which MLflow sends as basic auth) and out of ``PREFECT_API_URL``
+    (into ``PREFECT_API_AUTH_STRING``), so that no log line, error, run tag or Prefect parameter ever
+    shows them: every later reader sees the URL without its secret."""
+    for var, user_var, password_var in _CREDENTIAL_HOMES:
+        parts = urllib.parse.urlsplit(os.environ.get(var, ""))
+        if parts.username is None:
+            continue
+        user, password = urllib.parse.unquote(parts.username), urllib.parse.unquote(parts.password or "")
+        if user_var:
+            os.environ.setdefault(user_var, user)
+            if parts.password is not None:
+                os.environ.setdefault(password_var, password)
+        else:
+            os.environ.setdefault("PREFECT_API_AUTH_STRING", f"{user}:{password}")
+        host = parts.hostname or ""
+        netloc = (f"[{host}]" if ":" in host else host) + (f":{parts.port}" if parts.port else "")
+        os.environ[var] = urllib.parse.urlunsplit(parts._replace(netloc=netloc))

@@ -10,12 +10,63 @@ error messages.
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 import fsspec
 
+from storage.errors import StorageError
+
 _LOCAL_SCHEMES = ("", "file", "local")
 _OBJECT_SCHEMES = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "oss", "r2")
+KNOWN_SCHEMES = _LOCAL_SCHEMES + _OBJECT_SCHEMES + ("memory",)
+# scheme://user[:password]@host/...: the userinfo part of a URL
+_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/@\s'\"]+)@")
+# key:secret@ where the secret holds a '/' (AWS secrets may): redacted too, wherever the '@' is
+_KEY_SECRET = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/@\s'\":]+:[^@\s'\"]*)@")
+# secrets carried in query strings (presigned URLs, tokens)
+_SECRET_QUERY = re.compile(r"(?i)(?P<key>[?&](?:x-amz-signature|x-amz-credential|x-amz-security-token|signature|"
+                           r"sig|token|access_token|password|secret|key)=)(?P<value>[^&\s'\"]+)")
+# something that looks like a scheme: letters, then ':' and '/', as in 'htp:/x' or 'foo://x'
+_SCHEME_LIKE = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]+):/")
+
+
+class BadURI(StorageError, ValueError):
+    """A URI that cannot be used as given (unknown or malformed scheme, credentials inside)."""
+
+
+def redact_uri(text: str) -> str:
+    """``text`` with the credentials of every URL in it replaced: ``s3://KEY:SECRET@b/x`` ->
+    ``s3://***@b/x``, ``?token=abc`` -> ``?token=***``. Safe on any string (log lines, errors)."""
+    text = _KEY_SECRET.sub(lambda m: f"{m.group('scheme')}***@", text)
+    text = _USERINFO.sub(lambda m: f"{m.group('scheme')}***@", text)
+    return _SECRET_QUERY.sub(lambda m: f"{m.group('key')}***", text)
+
+
+def check_uri(uri: str, what: str = "URI") -> str:
+    """``uri`` unchanged when it is a plain path or a URL of a known scheme without credentials;
+    else :class:`BadURI` naming ``what`` and the redacted URI. Credentials belong in the
+    environment (``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``), never in a URI that logs,
+    the Prefect UI and the manifests would show."""
+    if not isinstance(uri, str) or not uri.strip():
+        raise BadURI(f"{what}: empty")
+    shown = redact_uri(uri)
+    authority = uri.split("://", 1)[1].split("/", 1)[0] if "://" in uri else ""
+    if _USERINFO.search(uri) or _KEY_SECRET.search(uri) or (":" in authority and not is_local(uri)
+                                                              and not authority.rsplit(":", 1)[1].isdigit()):
+        raise BadURI(f"{what} {shown} carries credentials; remove them from the URI and export "
+                     "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (and AWS_ENDPOINT_URL for MinIO) instead")
+    if "://" in uri:
+        scheme = scheme_of(uri)
+        if scheme not in KNOWN_SCHEMES:
+            raise BadURI(f"{what} {shown}: unknown scheme {scheme!r}; use a local path, file:// or one of "
+                         + ", ".join(f"{s}://" for s in _OBJECT_SCHEMES))
+        return uri
+    match = _SCHEME_LIKE.match(uri)
+    if match:
+        raise BadURI(f"{what} {shown}: malformed URI (scheme {match.group('scheme')!r} without '//'); "
+                     "write a local path or scheme://...")
+    return uri
 
 
 def scheme_of(uri: str) -> str:
@@ -42,6 +93,13 @@ def local_path(uri: str) -> str:
         raise ValueError(f"not a local URI: {uri!r}")
     path = uri.split("://", 1)[1] if "://" in uri else uri
     return os.path.abspath(os.path.expanduser(path))
+
+
+def check_uris(**addresses: str | None) -> None:
+    """:func:`check_uri` for each named address (None skipped): ``check_uris(store=..., output=...)``."""
+    for name, uri in addresses.items():
+        if uri is not None:
+            check_uri(uri, name)
 
 
 def join_uri(base: str, *parts: str) -> str:
@@ -96,6 +154,7 @@ def open_fs(uri: str, storage_options: dict | None = None) -> tuple[fsspec.Abstr
     filesystem (options from ``storage_options`` or, when None, from the environment) and
     ``bucket/key``.
     """
+    check_uri(uri, "storage address")
     if is_local(uri):
         return fsspec.filesystem("file"), local_path(uri)
     fs, path = fsspec.core.url_to_fs(uri, **resolve_options(uri, storage_options))

@@ -48,9 +48,28 @@ def add_config_args(p: argparse.ArgumentParser, preset: bool = False) -> None:
     add_config_arguments(p, preset=preset)
 
 
+def uri_arg(text: str) -> str:
+    """argparse type for storage addresses: a local path or a known scheme, no credentials inside
+    (the error shows the address redacted; argparse never echoes it)."""
+    from storage.uri import BadURI, check_uri
+
+    try:
+        return check_uri(text, "address")
+    except BadURI as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def model_arg(text: str) -> str:
+    """argparse type for a model or init reference: ``random``, ``models:/...``, ``runs:/...`` or a
+    storage address (:func:`uri_arg`)."""
+    if text == "random" or text.startswith(("models:/", "runs:/")):
+        return text
+    return uri_arg(text)
+
+
 def add_store_args(p: argparse.ArgumentParser, dataset_help: str | None = None) -> None:
     """``--store`` (and ``--dataset`` when ``dataset_help`` says what it names)."""
-    p.add_argument("--store", required=True, help="Store root: a folder or s3://bucket/prefix.")
+    p.add_argument("--store", required=True, type=uri_arg, help="Store root: a folder or s3://bucket/prefix.")
     if dataset_help:
         p.add_argument("--dataset", required=True, help=dataset_help)
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from flows.cli import UsageError, add_config_args, add_store_args, triple
+from flows.cli import UsageError, add_config_args, add_store_args, triple, uri_arg
 from pgl_core.exits import EXIT_OK, EXIT_PARTIAL
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("phantoms", help="Write synthetic abdominal CT phantom datasets (NIfTI / DICOM).",
                        description="Write seeded synthetic CT phantoms in the MSD layout and/or as DICOM series.")
-    p.add_argument("--out", required=True, help="Output folder.")
+    p.add_argument("--out", required=True, type=uri_arg, help="Output folder.")
     p.add_argument("--kinds", default="btcv,lits,kits,spleen,pool",
                    help="Comma-separated dataset kinds: btcv, lits, kits, spleen, pool (default: all).")
     p.add_argument("--cases", type=int, default=4, help="Cases per kind (default 4).")
@@ -26,7 +26,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("preprocess", help="Convert raw CT (MSD, volume folder, DICOM tree) to a Zarr dataset.",
                        description=cmd_preprocess.__doc__)
-    p.add_argument("--input", required=True, help="MSD folder, folder of volumes or DICOM tree (path or s3://).")
+    p.add_argument("--input", required=True, type=uri_arg,
+                   help="MSD folder, folder of volumes or DICOM tree (path or s3://).")
     add_store_args(p, "Dataset name (a Zarr group under the store root).")
     p.add_argument("--target-spacing", type=triple(float), metavar="X,Y,Z",
                    help="Output spacing in mm (default: the dataset's median spacing).")

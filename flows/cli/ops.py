@@ -8,7 +8,7 @@ import os
 import signal
 from pathlib import Path
 
-from flows.cli import UsageError, add_config_args, add_device_args, add_store_args
+from flows.cli import UsageError, add_config_args, add_device_args, add_store_args, uri_arg
 from pgl_core.exits import EXIT_OK, EXIT_PARTIAL
 
 
@@ -27,9 +27,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "pipeline", help="Preprocess -> pretrain -> fine-tune + evaluate every labelled dataset (one flow run).",
         description=cmd_pipeline.__doc__)
-    p.add_argument("--input", required=True, help="Folder holding one raw dataset folder per dataset.")
+    p.add_argument("--input", required=True, type=uri_arg, help="Folder holding one raw dataset folder per dataset.")
     add_store_args(p)
-    p.add_argument("--output", required=True, help="Output root (pretrain-MODE/, finetune/, results.json).")
+    p.add_argument("--output", required=True, type=uri_arg,
+                   help="Output root (pretrain-MODE/, finetune/, results.json).")
     p.add_argument("--datasets", type=_csv, help="Comma-separated dataset folder names (default: all).")
     p.add_argument("--preset", default="paper", choices=["paper", "tiny"], help="Config preset (default paper).")
     p.add_argument("--inits", type=_csv, default=["pgl"], help="Comma-separated inits: pgl, global, random.")

@@ -10,8 +10,8 @@ import json
 import sys
 from pathlib import Path
 
-from flows.cli import (UsageError, add_config_args, add_device_args, add_stage_args, add_store_args,
-                       run_training_stage)
+from flows.cli import (UsageError, add_config_args, add_device_args, add_stage_args, add_store_args, model_arg,
+                       run_training_stage, uri_arg)
 from pgl_core.exits import EXIT_OK, EXIT_PARTIAL
 
 
@@ -19,9 +19,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("finetune", help="Fine-tune a segmentation U-Net on a labelled dataset.",
                        description=cmd_finetune.__doc__)
     add_store_args(p, "Labelled dataset name in the store.")
-    p.add_argument("--init", default="random", help="'random' (default), a pretraining output URI or a "
+    p.add_argument("--init", default="random", type=model_arg, help="'random' (default), a pretraining output URI or a "
                    "registered encoder (models:/pgl-encoder@champion).")
-    p.add_argument("--output", required=True, help="Run output folder or s3:// URI.")
+    p.add_argument("--output", required=True, type=uri_arg, help="Run output folder or s3:// URI.")
     p.add_argument("--labelled", type=float, help="Labelled training cases: a count >= 1 or a fraction < 1.")
     p.add_argument("--steps", type=int, help="Optimisation steps (sets finetune.steps).")
     add_device_args(p, "Processes (torchrun) on this node (default 1).")
@@ -33,9 +33,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("evaluate", help="Evaluate a segmenter on a dataset split (Dice, HD95, NSD).",
                        description=cmd_evaluate.__doc__)
-    p.add_argument("--model", required=True, help="Model directory or models:/NAME@ALIAS.")
+    p.add_argument("--model", required=True, type=model_arg, help="Model directory or models:/NAME@ALIAS.")
     add_store_args(p, "Dataset name in the store.")
-    p.add_argument("--output", required=True, help="Local folder for tables and overlays.")
+    p.add_argument("--output", required=True, type=uri_arg, help="Local folder for tables and overlays.")
     p.add_argument("--split", default="test", help="test (default), val, train or all.")
     p.add_argument("--overlays", type=int, default=3, help="Overlay PNGs for the first N cases (default 3).")
     add_device_args(p)
@@ -46,9 +46,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("predict", help="Segment a CT file or DICOM series folder.",
                        description=cmd_predict.__doc__)
-    p.add_argument("--model", required=True, help="Model directory or models:/NAME@ALIAS.")
-    p.add_argument("--input", required=True, help="Input file or DICOM series folder (path or s3://).")
-    p.add_argument("--output", required=True, help="Output label map (.nii.gz, .nii, .nrrd or .mha; path or s3://).")
+    p.add_argument("--model", required=True, type=model_arg, help="Model directory or models:/NAME@ALIAS.")
+    p.add_argument("--input", required=True, type=uri_arg, help="Input file or DICOM series folder (path or s3://).")
+    p.add_argument("--output", required=True, type=uri_arg,
+                   help="Output label map (.nii.gz, .nii, .nrrd or .mha; path or s3://).")
     add_device_args(p)
     p.set_defaults(handler=cmd_predict)
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from flows.cli import add_config_args, add_device_args, add_stage_args, add_store_args, run_training_stage
+from flows.cli import (add_config_args, add_device_args, add_stage_args, add_store_args, run_training_stage,
+                       uri_arg)
 from pgl_core.exits import EXIT_OK
 
 
@@ -15,7 +16,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         description=cmd_pretrain.__doc__)
     add_store_args(p)
     p.add_argument("--datasets", required=True, help="Comma-separated dataset names in the store.")
-    p.add_argument("--output", required=True, help="Run output (checkpoints, encoder.pt, contract.json).")
+    p.add_argument("--output", required=True, type=uri_arg, help="Run output (checkpoints, encoder.pt, contract.json).")
     p.add_argument("--preset", default="paper", choices=["paper", "tiny"], help="Config preset (default paper).")
     p.add_argument("--steps", type=int, help="Optimisation steps (sets train.steps).")
     p.add_argument("--mode", choices=["pgl", "global", "local"],

@@ -12,6 +12,12 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from flows.runtime import move_url_credentials
+
+# flows run by a Prefect worker start here, not in the CLI: take credentials out of tracking URLs
+# before anything logs them
+move_url_credentials()
+
 STAGES: dict[str, str] = {
     "preprocess": "flows.stages.preprocess:preprocess_flow",
     "pretrain": "flows.stages.pretrain:pretrain_flow",

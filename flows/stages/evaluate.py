@@ -18,6 +18,7 @@ from flows.retries import retry_transient
 from flows.stages.keys import contract_hash, manifest_hashes, stage_key, unchanged, write_marker
 from flows.tracking.follow import TRACKING_LOCK, stage_run
 from pgl_core.evaluation.report import class_dice
+from storage.uri import check_uri, check_uris
 
 
 def resolve_init(init: str, workdir: str | None) -> tuple[str, str]:
@@ -32,7 +33,7 @@ def resolve_init(init: str, workdir: str | None) -> tuple[str, str]:
         with TRACKING_LOCK:
             local = resolve_model(init, cache_dir=cache, tracking_uri=tracking_uri(workdir))
         return local, contract_hash(local)
-    return init, contract_hash(init)
+    return check_uri(init, "init"), contract_hash(init)
 
 
 def _mean_dice(summary: dict[str, Any]) -> float | None:
@@ -57,6 +58,7 @@ def run_evaluate(model: str, store: str, dataset: str, output: str, split: str =
                  parent_run_id: str | None = None) -> dict[str, Any]:
     """Body of the evaluate flow; ``output`` is a local folder (tables, overlays, stage.json)."""
     logger = get_run_logger()
+    check_uris(store=store, output=output)
     model_dir, model_hash = resolve_init(model, workdir)
     hashes = manifest_hashes(store, [dataset])
     key = stage_key("evaluate", {}, hashes, model_hash, {"split": split, "overlays": overlays})

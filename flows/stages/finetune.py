@@ -21,7 +21,7 @@ from flows.tracking.follow import TRACKING_LOCK, follow_metrics, register_parent
 from pgl_core.config import PGLConfig, config_to_dict
 from storage import blobs
 from storage.store import DatasetStore
-from storage.uri import join_uri
+from storage.uri import check_uris, join_uri
 
 FINETUNE_MODULE = "pgl_core.finetune"
 FINETUNE_SECTIONS = ("intensity", "model", "finetune")
@@ -57,6 +57,7 @@ def run_finetune(store: str, dataset: str, output: str, cfg: PGLConfig, init: st
     """Body of the finetune flow: train, evaluate, register; returns the stage result (``status``
     "done", "skipped", or "stopped" when ``max_steps`` ended this run early: rerun to resume)."""
     logger = get_run_logger()
+    check_uris(store=store, output=output)
     init_arg, init_hash = resolve_init(init, workdir)
     hashes = manifest_hashes(store, [dataset])
     key = finetune_key(cfg, hashes, init_hash, labelled, evaluate, split)

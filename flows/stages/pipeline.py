@@ -34,7 +34,7 @@ from flows.tracking.follow import TRACKING_LOCK, register_parent
 from pgl_core.config import PGLConfig, config_to_dict
 from storage import blobs
 from storage.store import DatasetStore
-from storage.uri import join_uri
+from storage.uri import check_uris, join_uri
 
 INITS = ("pgl", "global", "random")
 
@@ -147,6 +147,7 @@ def run_pipeline(input: str, store: str, output: str, cfg: PGLConfig, datasets: 
     from flows.tracking.mlflow_run import start_run
 
     logger = get_run_logger()
+    check_uris(input=input, store=store, output=output)
     bad = [i for i in inits if i not in INITS]
     if bad:
         raise ValueError(f"unknown init(s) {bad}; choose from {list(INITS)}")

@@ -21,7 +21,7 @@ from storage.ingest import CaseResult, choose_plan, ingest_case
 from storage.plan import Plan, PlanRequest
 from storage.readers import CaseSource, discover_cases
 from storage.store import DatasetStore
-from storage.uri import s3_options_from_env
+from storage.uri import check_uris, s3_options_from_env
 
 
 @dataclass
@@ -91,6 +91,7 @@ def run_preprocess(input: str, dataset: str, store: str, cfg: PlanRequest | None
                    storage_options: dict | None = None) -> PreprocessSummary:
     """Body of the flow (call inside a flow run so tasks are tracked)."""
     logger = get_run_logger()
+    check_uris(input=input, store=store)
     cfg = cfg or PlanRequest()
     opts = storage_options if storage_options is not None else s3_options_from_env()
     cases, problems, info = discover_task(input, opts)

@@ -18,7 +18,7 @@ from flows.tracking.follow import TRACKING_LOCK, follow_metrics, stage_run
 from pgl_core.config import PGLConfig, config_to_dict
 from storage import blobs
 from storage.store import DatasetStore
-from storage.uri import join_uri
+from storage.uri import check_uris, join_uri
 
 PRETRAIN_MODULE = "pgl_core.pretrain"
 PRETRAIN_SECTIONS = ("intensity", "views", "model", "loss", "optim", "train")
@@ -51,6 +51,7 @@ def run_pretrain(store: str, datasets: list[str], output: str, cfg: PGLConfig, s
     """Body of the pretrain flow; returns the stage result (``status`` "done", "skipped", or "stopped"
     when ``max_steps`` ended this run before the last step: rerun to resume)."""
     logger = get_run_logger()
+    check_uris(store=store, output=output)
     hashes = manifest_hashes(store, datasets, storage_options)
     key = pretrain_key(cfg, hashes)
     previous = None if force else unchanged(output, key, PRETRAIN_OUTPUTS, storage_options)

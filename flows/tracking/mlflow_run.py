@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from flows.runtime import TELEMETRY_OFF
+from flows.runtime import TELEMETRY_OFF, move_url_credentials
 from pgl_core.sinks import JsonlSink
 
 for _key, _value in TELEMETRY_OFF.items():
@@ -62,7 +62,9 @@ class TrackingUnavailableWarning(RuntimeWarning):
 
 
 def tracking_uri(workdir: str | Path | None = None) -> str:
-    """``MLFLOW_TRACKING_URI`` when set, else the embedded sqlite DB under ``workdir/mlflow``."""
+    """``MLFLOW_TRACKING_URI`` when set (its credentials moved to their own variables), else the
+    embedded sqlite DB under ``workdir/mlflow``."""
+    move_url_credentials()
     env = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
     if env:
         return env

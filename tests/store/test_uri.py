@@ -50,3 +50,29 @@ def test_store_from_env_only(s3_env, s3_bucket):
     uri = f"{s3_bucket}/env/x.bin"
     blobs.put_bytes_atomic(uri, b"abc")
     assert blobs.get_bytes(uri) == b"abc"
+
+
+def test_check_uri_refuses_credentials_unknown_and_malformed_schemes_and_redacts():
+    from storage.uri import BadURI, check_uri, redact_uri
+
+    for ok in ["/data/x", "rel/x", "s3://bucket/x", "file:///x", "s3://bucket/user@example.com/f", "s3://b:9000/x"]:
+        assert check_uri(ok) == ok
+    for bad, why in [("s3://KEY:PLANTED@bucket/x", "credentials"), ("s3://AKIA:se/cret@bucket/x", "credentials"),
+                     ("foo://x", "unknown scheme"), ("htp:/data/x", "malformed"), ("", "empty")]:
+        with pytest.raises(BadURI, match=why) as info:
+            check_uri(bad, "--store")
+        assert "PLANTED" not in str(info.value) and "se/cret" not in str(info.value)
+    assert redact_uri("at s3://K:S@b/x and http://u:p@h:5000/ ?token=abc") == "at s3://***@b/x and http://***@h:5000/ ?token=***"
+
+
+def test_tracking_url_credentials_move_to_their_own_variables(monkeypatch):
+    import os
+
+    from flows.runtime import move_url_credentials
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "https://us%40er:p%2Fw@mlflow.example:8443/base")
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
+    move_url_credentials()
+    assert os.environ["MLFLOW_TRACKING_URI"] == "https://mlflow.example:8443/base"
+    assert (os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"]) == ("us@er", "p/w")
