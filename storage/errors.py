@@ -28,6 +28,15 @@ class UnreadableInput(StorageError):
         self.reason = reason
 
 
+class InputError(StorageError, ValueError):
+    """The input as a whole cannot be used as given (a missing folder or dataset, a malformed
+    description, nothing that is CT): a usage error, reported in one line, nothing written."""
+
+
+class DatasetNotFound(InputError):
+    """A dataset (or the store itself) that is not there; the message says what the store holds."""
+
+
 class TransientIOError(StorageError):
     """A storage failure worth retrying (network, throttling)."""
 

@@ -16,7 +16,7 @@ from typing import Any, Literal
 import numpy as np
 
 from storage.checksum import sha256_files
-from storage.errors import TRANSIENT_ERRORS, RefusedInput, UnreadableInput
+from storage.errors import TRANSIENT_ERRORS, InputError, RefusedInput, UnreadableInput
 from storage.geometry import canonicalize, resample, to_int16_hu
 from storage.geometry import median_spacing
 from storage.plan import Plan, PlanRequest
@@ -156,7 +156,7 @@ def choose_plan(ds: DatasetStore, cases: list[CaseSource], request: PlanRequest,
     if existing:
         plan = Plan.from_dict(existing)
         if request.target_spacing_mm and tuple(request.target_spacing_mm) != plan.target_spacing_mm:
-            raise ValueError(
+            raise InputError(
                 f"dataset {ds.dataset} already uses target spacing {plan.target_spacing_mm}; "
                 f"requested {request.target_spacing_mm}. Use another dataset name.")
         return plan
@@ -169,6 +169,7 @@ def choose_plan(ds: DatasetStore, cases: list[CaseSource], request: PlanRequest,
             except Exception as err:  # noqa: BLE001 - the case will fail later with its reason
                 log.debug("spacing probe failed for %s: %s", c.case_id, err)
         if not probes:
-            raise ValueError("no readable case to derive the median spacing from; give --target-spacing")
+            raise InputError(f"no readable case in {len(cases)} to derive the median spacing from; "
+                             "give --target-spacing X,Y,Z")
         spacing = median_spacing(probes)
     return Plan.from_request(request, spacing, is_object_store(ds.root_uri))

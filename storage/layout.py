@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from storage.errors import InputError
+
 FORMAT_VERSION = 1
 CASES_DIR = "_cases"
 MANIFEST_FILE = "manifest.json"
@@ -50,14 +52,27 @@ _REQUIRED_ATTRS = ("spacing", "origin", "direction", "source_checksum", "plan_ha
 _KNOWN_ATTRS = _REQUIRED_ATTRS + ("original_spacing", "original_size", "source")
 
 
-def check_case_id(case_id: str) -> str:
+def is_valid_name(name: str) -> bool:
+    """True when ``name`` is a safe single path component for a case id or a dataset name."""
+    return isinstance(name, str) and bool(_CASE_ID_RE.match(name)) and not name.endswith(".json")
+
+
+def check_case_id(case_id: str, what: str = "case id") -> str:
     """Return ``case_id`` if it is a safe single path component, else raise ValueError."""
-    if not isinstance(case_id, str) or not _CASE_ID_RE.match(case_id) or case_id.endswith(".json"):
+    if not is_valid_name(case_id):
         raise ValueError(
-            f"invalid case id {case_id!r}: use letters, digits, '.', '_' or '-', "
+            f"invalid {what} {case_id!r}: use letters, digits, '.', '_' or '-', "
             "starting with a letter or digit, at most 200 characters"
         )
     return case_id
+
+
+def check_dataset_name(name: str) -> str:
+    """Return ``name`` if it can name a dataset (a group under the store root), else InputError."""
+    try:
+        return check_case_id(name, "dataset name")
+    except ValueError as err:
+        raise InputError(str(err)) from None
 
 
 def check_array_name(array: str) -> str:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import fsspec
 import numpy as np
 import pydicom
 
 from storage.errors import UnreadableInput
 from storage.readers import CaseSource
-from storage.readers.image_file import image_geometry
+from storage.readers.image_file import image_geometry, image_suffix
 from storage.uri import is_local, local_path
 
 
@@ -24,10 +27,27 @@ def canonical_spacing(spacing_xyz, direction: np.ndarray) -> tuple[float, float,
     return tuple(out)  # type: ignore[return-value]
 
 
-def _probe_image_file(uri: str) -> tuple[float, float, float]:
-    if not is_local(uri):
-        raise UnreadableInput(uri, "remote header probe not supported; give --target-spacing")
-    spacing, _, direction = image_geometry(local_path(uri))
+HEADER_BYTES = 1 << 16  # every header this project reads fits (NIfTI 348/540 bytes + extensions, NRRD/MHA text)
+
+
+def _probe_image_file(uri: str, storage_options: dict | None = None) -> tuple[float, float, float]:
+    """Spacing from the header; a remote file's first bytes (decompressed) are fetched, never the
+    whole volume, and read as a local header-only file of the same kind."""
+    if is_local(uri):
+        spacing, _, direction = image_geometry(local_path(uri))
+    else:
+        suffix = image_suffix(uri) or ""
+        compression = "gzip" if suffix == ".nii.gz" else None
+        with fsspec.open(uri, "rb", compression=compression, **(storage_options or {})) as fh:
+            head = fh.read(HEADER_BYTES)
+        with tempfile.TemporaryDirectory(prefix="pgl-probe-") as tmp:
+            path = os.path.join(tmp, "header" + (".nii" if compression else suffix))
+            with open(path, "wb") as out:
+                out.write(head)
+            try:
+                spacing, _, direction = image_geometry(path)
+            except UnreadableInput as exc:
+                raise UnreadableInput(uri, exc.reason) from None
     return canonical_spacing(spacing, np.asarray(direction, dtype=np.float64).reshape(3, 3))
 
 
@@ -57,4 +77,4 @@ def probe_spacing(source: CaseSource, storage_options: dict | None = None) -> tu
     """Spacing (x, y, z) mm of ``source`` from headers only. Raises UnreadableInput."""
     if source.kind == "dicom":
         return _probe_dicom(source.image_uris, storage_options)
-    return _probe_image_file(source.image_uris[0])
+    return _probe_image_file(source.image_uris[0], storage_options)

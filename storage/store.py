@@ -25,7 +25,7 @@ from zarr.codecs import BloscCodec
 from zarr.storage import FsspecStore, LocalStore
 
 from storage import blobs, layout
-from storage.errors import StorageError
+from storage.errors import DatasetNotFound, InputError, StorageError
 from storage.manifest import (build_manifest, current_done, done_record, failed_record,
                               manifest_hash as _manifest_hash, plan_hash)
 from storage.crop_reader import ChunkCropReader, open_crop_reader
@@ -68,7 +68,7 @@ class DatasetStore:
 
     def __init__(self, root_uri: str, dataset: str, storage_options: dict | None = None,
                  create: bool = False, cache_size: int = 128) -> None:
-        layout.check_case_id(dataset)
+        layout.check_dataset_name(dataset)
         self.root_uri = root_uri
         self.dataset = dataset
         self.storage_options = storage_options
@@ -76,7 +76,7 @@ class DatasetStore:
         self.uri = join_uri(root_uri, dataset)
         self._reset()
         if not create and not self.exists():
-            raise StorageError(f"dataset {dataset!r} not found at {self.uri}")
+            raise self._not_found()
 
     # --- lifecycle / caching -------------------------------------------------------------
     def _reset(self) -> None:
@@ -140,6 +140,19 @@ class DatasetStore:
                 cache.popitem(last=False)
         return value
 
+    def _not_found(self) -> DatasetNotFound:
+        try:
+            fs, path = open_fs(self.root_uri, self.storage_options)
+            held = list_datasets(self.root_uri, self.storage_options) if fs.exists(path) else None
+        except Exception:  # noqa: BLE001 - the store itself is unreadable: say so below
+            held = None
+        if not held:
+            return DatasetNotFound(f"dataset {self.dataset!r} not found: the store {self.root_uri} "
+                                   f"{'holds no dataset' if held == [] else 'cannot be read or does not exist'}"
+                                   " (run pgl preprocess first, or check --store)")
+        return DatasetNotFound(f"dataset {self.dataset!r} not found in the store {self.root_uri}; it holds: "
+                               + ", ".join(held))
+
     # --- dataset level -----------------------------------------------------------------
     def exists(self) -> bool:
         """True when the dataset group exists."""
@@ -149,7 +162,7 @@ class DatasetStore:
         try:
             return zarr.open_group(self.zstore, mode=mode, zarr_format=3)
         except FileNotFoundError as exc:
-            raise StorageError(f"dataset {self.dataset!r} not found at {self.uri}") from exc
+            raise self._not_found() from exc
 
     def ensure(self, plan: dict, label_names: dict[int, str]) -> None:
         """Create the dataset group if missing and store ``plan`` / ``label_names`` in it.
@@ -356,6 +369,23 @@ class DatasetStore:
     def read_full(self, case_id: str, array: str = "image") -> np.ndarray:
         """The whole ``array`` of the case, ``(z, y, x)``."""
         return self._array(case_id, array)[...]
+
+
+def check_store_root(root_uri: str, storage_options: dict | None = None) -> None:
+    """InputError unless a store can live at ``root_uri``: an object store's bucket must exist and
+    answer (a local folder is created on first write)."""
+    if is_local(root_uri):
+        return
+    fs, path = open_fs(root_uri, storage_options)
+    bucket = path.split("/", 1)[0]
+    try:
+        fs.info(bucket)  # not exists(): it answers False for an endpoint that does not answer
+    except FileNotFoundError:
+        raise InputError(f"store {root_uri}: bucket {bucket!r} does not exist (create it, or check --store "
+                         "and AWS_ENDPOINT_URL)") from None
+    except Exception as err:  # noqa: BLE001 - unreachable endpoint, refused credentials, ...
+        raise InputError(f"store {root_uri}: the object store does not answer ({type(err).__name__}: {err}); "
+                         "check AWS_ENDPOINT_URL and the credentials in the environment") from None
 
 
 def list_datasets(root_uri: str, storage_options: dict | None = None) -> list[str]:

@@ -15,7 +15,7 @@ from typing import Any
 
 import fsspec
 
-from storage.errors import StorageError
+from storage.errors import InputError
 
 _LOCAL_SCHEMES = ("", "file", "local")
 _OBJECT_SCHEMES = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "oss", "r2")
@@ -31,7 +31,7 @@ _SECRET_QUERY = re.compile(r"(?i)(?P<key>[?&](?:x-amz-signature|x-amz-credential
 _SCHEME_LIKE = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]+):/")
 
 
-class BadURI(StorageError, ValueError):
+class BadURI(InputError):
     """A URI that cannot be used as given (unknown or malformed scheme, credentials inside)."""
 
 

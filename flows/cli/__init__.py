@@ -92,7 +92,6 @@ def add_stage_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workdir", default="pgl-work", help="Folder of the embedded MLflow store, the model cache "
                    "and the Prefect home (default pgl-work; MLFLOW_TRACKING_URI / PREFECT_API_URL take "
                    "precedence). Run `pgl serve` from the same folder to share them.")
-    p.set_defaults(own_console=True)
 
 
 def run_training_stage(command: str, call: Callable[[], dict]) -> dict | int:
@@ -134,17 +133,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "own_console", False):
-        # the command prints the training's output, its result or its error itself: Prefect's console
-        # handler would repeat a failure as a page of engine traceback (runs still log to the API).
-        # Set before prefect is imported: it configures logging then.
+    if args.command != "serve":
+        # commands print their own summary, the training's output and one line per error: Prefect's
+        # console handler would repeat a failure as a page of engine traceback (runs still log to the
+        # API; `pgl serve` keeps it). Set before prefect is imported: it configures logging then.
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
     runtime.configure(getattr(args, "workdir", None))
     from pgl_core.config import ConfigError
+    from storage.errors import InputError
+    from storage.uri import redact_uri
 
     try:
         return args.handler(args)
-    except (UsageError, ConfigError) as err:
-        print(f"pgl {args.command}: error: {err}", file=sys.stderr)
+    except (UsageError, ConfigError, InputError) as err:
+        print(f"pgl {args.command}: error: {redact_uri(str(err))}", file=sys.stderr)
         return EXIT_USAGE
 

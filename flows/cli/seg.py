@@ -42,7 +42,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="Evaluate even when model and dataset are unchanged.")
     p.add_argument("--workdir", default="pgl-work", help="Folder of the embedded MLflow store and model cache "
                    "(default pgl-work; MLFLOW_TRACKING_URI takes precedence).")
-    p.set_defaults(handler=cmd_evaluate, own_console=True)
+    p.set_defaults(handler=cmd_evaluate)
 
     p = sub.add_parser("predict", help="Segment a CT file or DICOM series folder.",
                        description=cmd_predict.__doc__)
@@ -55,17 +55,25 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def model_dir_of(uri: str) -> str:
-    """A local model directory for a local path or a ``models:/`` / ``runs:/`` reference."""
-    if uri.startswith(("models:/", "runs:/")):
-        from flows.tracking.registry import resolve_model
+    """A checked model directory (a readable segmenter contract and its weights) for a folder or a
+    ``models:/`` / ``runs:/`` reference; UsageError naming what is wrong otherwise."""
+    from pgl_core.contracts import MODEL_FILE, SegmenterContract
+    from storage import blobs
+    from storage.uri import join_uri
 
-        try:
-            return resolve_model(uri)
-        except (FileNotFoundError, LookupError, ValueError) as err:
-            raise UsageError(f"model {uri}: {err}") from err
-    if not (Path(uri) / "contract.json").is_file():
-        raise UsageError(f"{uri} is not a model directory (no contract.json)")
-    return uri
+    local = uri
+    try:
+        if uri.startswith(("models:/", "runs:/")):
+            from flows.tracking.registry import resolve_model
+
+            local = resolve_model(uri)
+        SegmenterContract.read(local)
+    except (FileNotFoundError, LookupError, ValueError) as err:
+        raise UsageError(f"model {uri} is not a usable segmenter: {err}") from None
+    if not blobs.exists(join_uri(local, MODEL_FILE)):
+        raise UsageError(f"model {uri} has a contract but no weights ({MODEL_FILE}); copy the whole model "
+                         "folder")
+    return local
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
@@ -123,8 +131,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
     """Apply a segmenter (with its preprocessing contract) to one NIfTI / NRRD / MHA file or DICOM
     series folder; the label map is written in the input's geometry."""
     from pgl_core.predict import predict_file
+    from storage import blobs
     from storage.errors import StorageError
+    from storage.writers import WRITABLE_SUFFIXES
 
+    if not args.output.lower().endswith(WRITABLE_SUFFIXES):
+        raise UsageError(f"--output {args.output}: name a label map file ending with one of "
+                         + ", ".join(WRITABLE_SUFFIXES))
+    if not blobs.exists(args.input):
+        raise UsageError(f"--input {args.input} does not exist")
     try:
         out = predict_file(model_dir_of(args.model), args.input, args.output, device=args.device)
     except StorageError as err:

@@ -17,16 +17,18 @@ from tqdm import tqdm
 
 from flows.cluster import dask_task_runner
 from flows.retries import retry_transient
+from storage.errors import InputError
 from storage.ingest import CaseResult, choose_plan, ingest_case
 from storage.plan import Plan, PlanRequest
 from storage.readers import CaseSource, discover_cases
-from storage.store import DatasetStore
+from storage.store import DatasetStore, check_store_root
 from storage.uri import check_uris, s3_options_from_env
 
 
 @dataclass
 class PreprocessSummary:
-    """What a preprocess run did. ``failed``: (case, source, reason)."""
+    """What a preprocess run did. ``failed``: (case, source, reason); ``ignored``: input files that
+    are not cases (hidden, not a volume or DICOM), relative to the input."""
 
     dataset: str
     store: str
@@ -35,16 +37,18 @@ class PreprocessSummary:
     failed: list[tuple[str, str, str]] = field(default_factory=list)
     manifest_hash: str = ""
     plan: dict[str, Any] = field(default_factory=dict)
+    ignored: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"dataset": self.dataset, "store": self.store, "done": self.done, "skipped": self.skipped,
                 "failed": [list(f) for f in self.failed], "manifest_hash": self.manifest_hash,
-                "plan": self.plan}
+                "plan": self.plan, "ignored": self.ignored}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "PreprocessSummary":
         return cls(d["dataset"], d["store"], list(d["done"]), list(d["skipped"]),
-                   [tuple(f) for f in d["failed"]], d.get("manifest_hash", ""), d.get("plan", {}))
+                   [tuple(f) for f in d["failed"]], d.get("manifest_hash", ""), d.get("plan", {}),
+                   list(d.get("ignored", [])))
 
     @property
     def ok(self) -> bool:
@@ -54,6 +58,10 @@ class PreprocessSummary:
         out = [f"dataset {self.dataset} in {self.store}: {len(self.done)} done, "
                f"{len(self.skipped)} skipped (unchanged), {len(self.failed)} failed"]
         out += [f"  FAILED {case}: {reason} [{src}]" for case, src, reason in self.failed]
+        if self.ignored:
+            more = len(self.ignored) - 5
+            shown = ", ".join(self.ignored[:5]) + (f", ... ({more} more)" if more > 0 else "")
+            out.append(f"  ignored {len(self.ignored)} file(s) that are not CT volumes or DICOM (or hidden): {shown}")
         return out
 
 
@@ -94,11 +102,16 @@ def run_preprocess(input: str, dataset: str, store: str, cfg: PlanRequest | None
     check_uris(input=input, store=store)
     cfg = cfg or PlanRequest()
     opts = storage_options if storage_options is not None else s3_options_from_env()
+    check_store_root(store, opts)
     cases, problems, info = discover_task(input, opts)
+    ignored = list(info.get("skipped", []))
+    if not cases and not problems:
+        found = f"; ignored {len(ignored)} other file(s): " + ", ".join(ignored[:5]) if ignored else " (it is empty)"
+        raise InputError(f"no CT volume (.nii, .nii.gz, .nrrd, .mha, .mhd) or DICOM series found in {input}{found}")
     ds = DatasetStore(store, dataset, opts, create=True)
     plan = choose_plan(ds, cases, cfg, opts)
     ds.ensure(plan.to_dict(), info.get("label_names", {}))
-    summary = PreprocessSummary(dataset=dataset, store=store, plan=plan.to_dict())
+    summary = PreprocessSummary(dataset=dataset, store=store, plan=plan.to_dict(), ignored=ignored)
     summary.failed += [(f"(input) {p}", p, reason) for p, reason in problems]
     futures = {ingest_case_task.submit(c, store, dataset, plan, opts, force): c for c in cases}
     _collect(futures, summary, progress)

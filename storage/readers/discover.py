@@ -6,9 +6,11 @@ Layouts:
   nnU-Net v2 form ``{"background": 0}``).
 - Folder: every volume file (.nii, .nii.gz, .nrrd, .nhdr, .mha, .mhd) is one unlabelled case.
 - DICOM: files of any name are sniffed; one case per series key (see ``storage.readers.dicom``).
-Folders and files may be mixed. Hidden files (``.*``, including macOS ``._*``) are skipped;
-non-image files are ignored silently; unreadable DICOM headers and image-less series are
-reported as problems. Only headers are read, never pixel data.
+Folders and files may be mixed. Hidden files (``.*``, including macOS ``._*``) and files that are
+neither volumes nor DICOM are skipped and listed (``info["skipped"]``); unreadable DICOM headers and
+image-less series are reported as problems. A file stem that cannot be a case id (spaces, other
+characters) becomes a safe id with a hash of its path. A missing input or a malformed
+``dataset.json`` is an :class:`InputError`. Only headers are read, never pixel data.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from dataclasses import dataclass, replace
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from storage.errors import UnreadableInput
+from storage.errors import InputError, UnreadableInput
+from storage.layout import is_valid_name
 from storage.readers.dicom import DicomHeader, case_id_for, looks_like_dicom, read_header
 from storage.readers.image_file import file_stem, image_suffix
 
@@ -58,11 +61,15 @@ class _Tree:
     def rel(self, path: str) -> str:
         return path[len(self.root):].lstrip("/")
 
-    def files(self) -> list[str]:
+    def files(self) -> tuple[list[str], list[str]]:
+        """(files, hidden files skipped) under the root; InputError when the root does not exist."""
         if self.fs.isfile(self.root):
-            return [self.root]
-        found = self.fs.find(self.root)
-        return sorted(p for p in found if not any(part.startswith(".") for part in self.rel(p).split("/")))
+            return [self.root], []
+        if not self.fs.isdir(self.root):
+            raise InputError(f"input {self.uri(self.root)} does not exist (or is not a folder or file)")
+        found = sorted(self.fs.find(self.root))
+        hidden = [p for p in found if any(part.startswith(".") for part in self.rel(p).split("/"))]
+        return [p for p in found if p not in set(hidden)], hidden
 
 
 def _label_names(tree: _Tree, files: list[str]) -> dict[int, str]:
@@ -70,7 +77,12 @@ def _label_names(tree: _Tree, files: list[str]) -> dict[int, str]:
     if meta not in files:
         return {}
     with tree.fs.open(meta, "rb") as fh:
-        labels = json.load(fh).get("labels") or {}
+        try:
+            labels = json.load(fh).get("labels") or {}
+        except (ValueError, AttributeError) as err:
+            raise InputError(f"{tree.uri(meta)} is not a valid dataset.json ({err}); fix or remove it") from None
+    if not isinstance(labels, dict):
+        raise InputError(f"{tree.uri(meta)}: 'labels' must be a mapping of value -> name, got {type(labels).__name__}")
     out: dict[int, str] = {}
     for key, value in labels.items():
         if str(key).lstrip("-").isdigit():
@@ -98,6 +110,16 @@ def _file_cases(tree: _Tree, paths: list[str]) -> list[CaseSource]:
     return [CaseSource(file_stem(p), "image", (tree.uri(p),), None, "unlabelled", tree.rel(p)) for p in paths]
 
 
+def _safe_id(case: CaseSource) -> CaseSource:
+    """A case whose file stem cannot be an id gets a safe one: the stem's allowed characters plus a
+    hash of its source path (stable, and distinct from any plain stem)."""
+    if is_valid_name(case.case_id):
+        return case
+    kept = "".join(ch if ch.isascii() and (ch.isalnum() or ch in "._-") else "_" for ch in case.case_id)
+    kept = kept.lstrip("._-")[:160] or "case"
+    return replace(case, case_id=f"{kept}-{hashlib.sha256(case.source.encode()).hexdigest()[:12]}")
+
+
 def _hashed(case: CaseSource, digits: int) -> CaseSource:
     return replace(case, case_id=f"{case.case_id}-{hashlib.sha256(case.source.encode()).hexdigest()[:digits]}")
 
@@ -110,7 +132,7 @@ def unique_case_ids(cases: list[CaseSource]) -> tuple[list[CaseSource], list[tup
     that still collides (a file literally named like another's hashed id) gets a 12-digit hash;
     anything left colliding after that is refused with the reason, never overwritten."""
     groups: dict[str, list[CaseSource]] = defaultdict(list)
-    for c in cases:
+    for c in map(_safe_id, cases):
         groups[c.case_id].append(c)
     out: list[CaseSource] = []
     hashed: set[str] = set()
@@ -180,20 +202,27 @@ def discover_cases(input_uri: str, storage_options: dict | None = None,
     """Find the cases under ``input_uri`` -> (cases, problems, info); see the module doc.
 
     ``cases`` are sorted by case_id; ``problems`` are (file_or_folder, reason) pairs, sorted;
-    ``info`` = {"layout": "msd" | "folder" | "dicom", "label_names": {int: str}}.
+    ``info`` = {"layout": "msd" | "folder" | "dicom", "label_names": {int: str}, "skipped": [relative
+    paths of hidden and non-image files]}.
     """
     tree = _Tree(input_uri, storage_options)
-    files = tree.files()
+    files, hidden = tree.files()
     rels = {tree.rel(p) for p in files}
     is_msd = "dataset.json" in rels or any(r.startswith("imagesTr/") for r in rels)
     if is_msd:
         cases, problems = unique_case_ids(_msd_cases(tree, files))
-        info = {"layout": "msd", "label_names": _label_names(tree, files)}
+        used = {u for c in cases for u in (*c.image_uris, c.label_uri) if u}
+        used.add(tree.uri(f"{tree.root}/dataset.json"))
+        skipped = [tree.rel(p) for p in hidden + [f for f in files if tree.uri(f) not in used]]
+        info = {"layout": "msd", "label_names": _label_names(tree, files), "skipped": sorted(skipped)}
         return sorted(cases, key=lambda c: c.case_id), sorted(problems), info
     volume_paths = [p for p in files if image_suffix(p) is not None]
-    headers, problems = [], []
+    headers, problems, skipped = [], [], [tree.rel(p) for p in hidden]
     for path in files:
-        if image_suffix(path) is not None or path.lower().endswith(_NOT_IMAGE_SUFFIXES):
+        if image_suffix(path) is not None:
+            continue
+        if path.lower().endswith(_NOT_IMAGE_SUFFIXES):
+            skipped.append(tree.rel(path))
             continue
         try:
             header = _sniff(tree, path)
@@ -202,8 +231,10 @@ def discover_cases(input_uri: str, storage_options: dict | None = None,
             continue
         if header is not None:
             headers.append(header)
+        else:
+            skipped.append(tree.rel(path))
     dicom, dicom_problems = _dicom_cases(headers)
     cases, id_problems = unique_case_ids(_file_cases(tree, volume_paths) + dicom)
     layout = "dicom" if dicom and not volume_paths else "folder"
     return (sorted(cases, key=lambda c: c.case_id), sorted(problems + dicom_problems + id_problems),
-            {"layout": layout, "label_names": {}})
+            {"layout": layout, "label_names": {}, "skipped": sorted(skipped)})
