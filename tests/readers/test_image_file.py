@@ -116,7 +116,8 @@ def test_msd_layout(tmp_path: Path) -> None:
         (tmp_path / sub).mkdir()
     _write_msd(tmp_path)
     cases, problems, info = discover_cases(str(tmp_path))
-    assert info == {"layout": "msd", "label_names": {0: "background", 1: "liver"}} and problems == []
+    assert info == {"layout": "msd", "label_names": {0: "background", 1: "liver"},
+                    "skipped": ["imagesTr/._liver_0.nii.gz"]} and problems == []  # the macOS sidecar
     assert [(c.case_id, c.split, c.label_uri is not None) for c in cases] == [
         ("liver_0", "train", True), ("liver_1", "train", True), ("liver_9", "test", False)]
     image, label, _ = read_case(cases[1])
