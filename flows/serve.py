@@ -87,12 +87,14 @@ def start_local_server(home: str | Path, port: int = 4200, host: str = "127.0.0.
     """Start ``prefect server start`` with ``PREFECT_HOME=home``; returns (process, API URL) once healthy."""
     home = Path(home)
     home.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="true")
+    api = f"http://{host}:{port}/api"
+    # the UI asks its server where the API is: this one, on this port (not the default 4200)
+    env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="true",
+               PREFECT_UI_API_URL=api)
     env.pop("PREFECT_API_URL", None)
     log = open(log_file or home / "server.log", "ab")  # noqa: SIM115 - lives as long as the server
     proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port)],
                             env=env, stdout=log, stderr=subprocess.STDOUT)
-    api = f"http://{host}:{port}/api"
     try:
         wait_healthy(api)
     except TimeoutError:

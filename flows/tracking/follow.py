@@ -34,19 +34,17 @@ def read_metrics(output: str, storage_options: dict | None = None) -> list[dict[
     return rows
 
 
-def forward_metrics(sink: Any, output: str, storage_options: dict | None = None, since_step: int = -1) -> int:
-    """Log metrics records newer than ``since_step`` to ``sink``; returns the last step logged."""
-    last = since_step
-    for row in read_metrics(output, storage_options):
-        step = int(row["step"])
-        if step <= last:
-            continue
+def forward_metrics(sink: Any, output: str, storage_options: dict | None = None, since: int = 0) -> int:
+    """Log every metrics record after the first ``since`` to ``sink`` (rows that share a step, such
+    as a validation row beside the training row, each reach it); returns the records forwarded so
+    far, the ``since`` of the next call."""
+    rows = read_metrics(output, storage_options)
+    for row in rows[since:]:
         values = {k: float(v) for k, v in row.items() if k not in ("kind", "step", "time")
                   and isinstance(v, (int, float))}
         with TRACKING_LOCK:
-            sink.log_metrics(step, values)
-        last = step
-    return last
+            sink.log_metrics(int(row["step"]), values)
+    return max(since, len(rows))
 
 
 _PARENTS: dict[str, Any] = {}
@@ -88,12 +86,12 @@ def follow_metrics(sink: Any, output: str, storage_options: dict | None = None,
                    every_s: float = 5.0) -> Iterator[None]:
     """Forward ``<output>/metrics.jsonl`` to ``sink`` while the body runs, and once more at the end."""
     stop = threading.Event()
-    state = {"last": -1}
+    state = {"forwarded": 0}
 
     def loop() -> None:
         while not stop.wait(every_s):
             try:
-                state["last"] = forward_metrics(sink, output, storage_options, state["last"])
+                state["forwarded"] = forward_metrics(sink, output, storage_options, state["forwarded"])
             except Exception:  # noqa: BLE001 - following is best effort; the final pass counts
                 pass
 
@@ -104,4 +102,4 @@ def follow_metrics(sink: Any, output: str, storage_options: dict | None = None,
     finally:
         stop.set()
         thread.join(timeout=every_s + 5)
-        forward_metrics(sink, output, storage_options, state["last"])
+        forward_metrics(sink, output, storage_options, state["forwarded"])

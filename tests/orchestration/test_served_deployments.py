@@ -84,3 +84,13 @@ def test_served_pretrain_deployment_runs_only_that_stage(prefect_api, served, sy
     assert run.state.is_completed(), (run.state.message, log.read_text()[-3000:])
     assert (out / "encoder.pt").is_file() and (out / "stage.json").is_file()
     assert not (tmp_path / "finetune").exists()
+
+
+def test_the_ui_of_a_server_started_on_another_port_points_at_that_port(prefect_api):
+    import json
+    import urllib.request
+
+    root = prefect_api.removesuffix("/api")
+    with urllib.request.urlopen(f"{root}/ui-settings", timeout=10) as resp:
+        settings = json.loads(resp.read())
+    assert settings["api_url"] == prefect_api and not prefect_api.endswith(":4200/api")
