@@ -234,7 +234,8 @@ def add_config_arguments(parser: "argparse.ArgumentParser", preset: bool = True)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="Override one config field, e.g. --set train.steps=200 (repeatable).")
     if preset:
-        parser.add_argument("--preset", default="paper", help="Config preset: paper (default) or tiny.")
+        parser.add_argument("--preset", default="paper", choices=sorted(PRESETS),
+                            help="Config preset: paper (the defaults) or tiny (tests, demo).")
 
 
 def load_config(

@@ -76,7 +76,8 @@ def add_store_args(p: argparse.ArgumentParser, dataset_help: str | None = None) 
 
 def add_device_args(p: argparse.ArgumentParser, nproc_help: str | None = None) -> None:
     """``--device`` (and ``--nproc`` when ``nproc_help`` says what the processes are)."""
-    p.add_argument("--device", help="cpu, cuda or auto (default).")
+    p.add_argument("--device", choices=["cpu", "cuda", "auto"], help="Where to compute (default: auto, CUDA when "
+                   "available).")
     if nproc_help:
         p.add_argument("--nproc", type=int, default=1, help=nproc_help)
 
@@ -116,9 +117,30 @@ def run_training_stage(command: str, call: Callable[[], dict]) -> dict | int:
         return EXIT_PARTIAL
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Shows each option's default unless its help already speaks of one (or there is none)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        flag = isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction))
+        if flag or "default" in text.lower() or action.default in (None, [], argparse.SUPPRESS):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("pgl-ct")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pgl", description="PGL self-supervised pretraining pipeline for 3D CT segmentation.")
+    parser.add_argument("--version", action="version", version=f"pgl {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in PARSER_MODULES:
         try:
@@ -128,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.add_parsers(sub)
+    for command in sub.choices.values():
+        command.formatter_class = HelpFormatter
     return parser
 
 
