@@ -1,6 +1,7 @@
 """Single-file volumes (NIfTI, NRRD, MetaImage) and the value checks every CT must pass.
 
-Pixels are read with SimpleITK (NIfTI scl_slope / scl_inter applied by it). NIfTI geometry
+Pixels are read with SimpleITK (NIfTI scl_slope / scl_inter applied by it); compressed payloads
+are then verified to the end of their stream (``storage.readers.payload``). NIfTI geometry
 follows the standard, which ITK does not always do: the sform when ``sform_code > 0``, else the
 qform (nibabel's best affine), converted from RAS to ITK's LPS. Sheared affines, 4D images,
 multi-component images and non-finite values are refused with the reason.
@@ -17,6 +18,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from storage.errors import RefusedInput, UnreadableInput
+from storage.readers.payload import verify_decoded, verify_nifti
 from storage.volume import Volume
 
 IMAGE_SUFFIXES: dict[str, str] = {
@@ -172,15 +174,22 @@ def _read_nibabel(path: str) -> np.ndarray:
 
 
 def _read_pixels(path: str) -> tuple[np.ndarray, tuple | None]:
-    """(z, y, x) array and ITK geometry (None for NIfTI, whose geometry comes from its affine)."""
+    """(z, y, x) array and ITK geometry (None for NIfTI, whose geometry comes from its affine); a
+    compressed payload is verified (see ``storage.readers.payload``)."""
     nifti = image_suffix(path) in (".nii", ".nii.gz")
     try:
         img = _read_sitk(path)
     except UnreadableInput:
         if not nifti:
             raise
+        verify_nifti(path, decoder_checked_crc=False)
         return _read_nibabel(path), None
-    return sitk.GetArrayFromImage(img), None if nifti else (img.GetSpacing(), img.GetOrigin(), img.GetDirection())
+    array = sitk.GetArrayFromImage(img)
+    if nifti:
+        verify_nifti(path, decoder_checked_crc=True)
+        return array, None
+    verify_decoded(path, array)
+    return array, (img.GetSpacing(), img.GetOrigin(), img.GetDirection())
 
 
 def read_image_file(path: str, is_label: bool = False) -> Volume:
