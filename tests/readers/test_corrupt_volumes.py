@@ -1,10 +1,12 @@
-"""Corrupt volumes are refused, never stored as complete: a truncated or corrupted compressed
-payload (every compressed format read here). Each case reproduces an observed failure with a small
-synthetic file and checks the refusal at ingest (a failure record; the other cases complete)."""
+"""Corrupt or implausible volumes are refused, never stored as complete: a truncated or corrupted
+compressed payload (every compressed format read here), a zero / negative / NaN or implausible voxel
+spacing, and values that are not Hounsfield units. Each case reproduces an observed failure with a
+small synthetic file and checks the refusal at ingest (a failure record; the other cases complete)."""
 
 from __future__ import annotations
 
 import gzip
+import struct
 import zlib
 from pathlib import Path
 
@@ -12,11 +14,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from pydantic import ValidationError
 
 from storage.errors import RefusedInput, UnreadableInput
 from storage.ingest import ingest_case
-from storage.plan import Plan, PlanRequest
-from storage.readers import CaseSource
+from storage.plan import Plan, PlanRequest, read_options
+from storage.readers import CaseSource, read_case
 from storage.readers.image_file import read_image_file
 from storage.store import DatasetStore
 
@@ -168,3 +171,125 @@ def test_nrrd_bzip2_is_unreadable_not_misread(tmp_path):
     path.write_bytes(path.read_bytes().replace(b"encoding: gzip", b"encoding: bzip2"))
     with pytest.raises(UnreadableInput, match="bzip2"):
         read_image_file(str(path))
+
+
+# -- spacing ---------------------------------------------------------------------------------------
+
+
+def _zero_pixdim(path: Path, sform: bool) -> Path:
+    """A .nii.gz whose pixdim[3] is 0 in the file (nibabel's writer would fix it)."""
+    img = nib.Nifti1Image(_ct().transpose(2, 1, 0), None)
+    img.set_qform(np.diag([*SPACING, 1.0]), code=1)
+    img.set_sform(np.diag([*SPACING, 1.0]), code=1 if sform else 0)
+    raw = bytearray(img.to_bytes())
+    raw[88:92] = struct.pack("<f", 0.0)  # pixdim[3]
+    path.write_bytes(gzip.compress(bytes(raw)))
+    return path
+
+
+def test_a_zero_pixdim_is_refused_not_made_1_mm(tmp_path):
+    bad = _zero_pixdim(tmp_path / "bad.nii.gz", sform=False)
+    assert float(nib.load(str(bad)).header.get_zooms()[2]) == 1.0  # the observed failure: 0 became 1 mm
+    results = _ingest(tmp_path, {"bad": bad, "good": _sitk(tmp_path / "good.nii.gz", _ct())})
+    assert results["good"].status == "done"
+    assert results["bad"].status == "failed" and "pixdim of axis z is 0" in results["bad"].reason
+    with_sform = _zero_pixdim(tmp_path / "sform.nii.gz", sform=True)  # the sform gives the spacing
+    assert read_image_file(str(with_sform)).spacing_mm == pytest.approx(SPACING)
+
+
+def _mha_spacing(path: Path, spacing: str) -> Path:
+    """An .mha whose header states ``spacing`` (SimpleITK refuses to write a zero or negative one)."""
+    _sitk(path, _ct(), compress=False)
+    head, sep, data = path.read_bytes().partition(b"ElementDataFile = LOCAL\n")
+    lines = [f"ElementSpacing = {spacing}" if ln.startswith("ElementSpacing") else ln
+             for ln in head.decode().splitlines()]
+    path.write_bytes(("\n".join(lines) + "\n").encode() + sep + data)
+    return path
+
+
+@pytest.mark.parametrize(("spacing", "reason"), [
+    ("0.8 0.8 1e-6", "axis z is 1e-06 mm, outside the plausible CT range 0.1-20 mm"),
+    ("25 0.8 2.5", "axis x is 25 mm, outside"),
+    ("0.8 0.8 0", "axis z is 0 mm: not a voxel size"),
+    ("0.8 0.8 nan", "axis z is 0 mm: not a voxel size"),  # SimpleITK reads NaN as 0
+])
+def test_implausible_spacing_is_refused_at_ingest(tmp_path, spacing, reason):
+    bad = _mha_spacing(tmp_path / "bad.mha", spacing)
+    results = _ingest(tmp_path, {"bad": bad, "good": _sitk(tmp_path / "good.mha", _ct())})
+    assert results["good"].status == "done"
+    assert results["bad"].status == "failed" and reason in results["bad"].reason
+    assert results["bad"].source == str(bad)
+
+
+def test_a_negative_metaimage_spacing_is_a_flip(tmp_path):
+    """SimpleITK reads it as a positive spacing along a flipped axis: a consistent geometry."""
+    vol = read_image_file(str(_mha_spacing(tmp_path / "flip.mha", "0.8 -0.8 2.5")))
+    assert vol.spacing_mm == pytest.approx(SPACING) and vol.direction[4] == -1.0
+
+
+def test_the_spacing_range_is_the_plans(tmp_path):
+    path = _sitk(tmp_path / "thick.nrrd", _ct(), spacing=(0.8, 0.8, 25.0))
+    case = CaseSource("thick", "image", (str(path),), None, "unlabelled")
+    with pytest.raises(RefusedInput, match="25 mm"):
+        read_case(case)
+    plan = Plan.from_request(PlanRequest(spacing_range_mm=(0.1, 30.0)), (1.0, 1.0, 25.0), False)
+    assert read_case(case, **plan.read_options())[0].spacing_mm[2] == pytest.approx(25.0)
+    with pytest.raises(ValidationError, match="0 < min < max"):
+        PlanRequest(spacing_range_mm=(5.0, 1.0))
+
+
+# -- Hounsfield units ------------------------------------------------------------------------------
+
+_RNG = np.random.default_rng(3)
+NOT_HU = {
+    "uint8 photo": _RNG.integers(0, 256, (8, 24, 24)).astype(np.uint8),
+    "MR-like": _RNG.integers(0, 4000, (8, 24, 24)).astype(np.int16),
+    "label map": (np.arange(8 * 24 * 24).reshape(8, 24, 24) % 4).astype(np.uint8),
+    "z-scored": _RNG.normal(0, 1, (8, 24, 24)).astype(np.float32),
+    "no rescale intercept": (_ct() + 1024).astype(np.int16),
+}
+
+
+@pytest.mark.parametrize("name", sorted(NOT_HU))
+def test_values_that_are_not_hu_are_refused_unless_allowed(tmp_path, name):
+    arr = NOT_HU[name]
+    bad = _sitk(tmp_path / "bad.mha", arr)
+    results = _ingest(tmp_path, {"bad": bad, "good": _sitk(tmp_path / "good.mha", _ct())})
+    assert results["good"].status == "done"
+    reason = results["bad"].reason
+    assert results["bad"].status == "failed" and "do not look like Hounsfield units" in reason
+    assert f"range {float(arr.min()):g}..{float(arr.max()):g}" in reason
+    assert "0.00% of voxels at or below -100" in reason
+    allowed = Plan.from_request(PlanRequest(allow_non_hu=True), (1.6, 1.6, 2.5), False)
+    assert _ingest(tmp_path / "allowed", {"bad": bad}, allowed)["bad"].status == "done"
+
+
+def test_a_cropped_ct_with_fat_but_no_air_is_hu(tmp_path):
+    arr = np.random.default_rng(4).normal(40, 20, (8, 24, 24)).astype(np.int16)
+    arr[:, :3] = np.random.default_rng(5).normal(-100, 15, (8, 3, 24))  # a rim of fat
+    path = _sitk(tmp_path / "crop.nii.gz", arr)
+    np.testing.assert_array_equal(read_case(CaseSource("c", "image", (str(path),), None, "x"))[0].array, arr)
+
+
+def test_nan_is_refused_even_when_non_hu_is_allowed(tmp_path):
+    arr = _ct().astype(np.float32)
+    arr[2, 3, 4] = np.nan
+    path = _sitk(tmp_path / "nan.mha", arr)
+    with pytest.raises(RefusedInput, match="NaN"):
+        read_case(CaseSource("n", "image", (str(path),), None, "x"), allow_non_hu=True)
+
+
+# -- the plan --------------------------------------------------------------------------------------
+
+
+def test_plans_recorded_before_the_checks_keep_their_hash_and_get_the_defaults():
+    old = {"target_spacing_mm": [1.0, 1.0, 2.0], "orientation": "LPS", "image_interpolation": "linear",
+           "label_interpolation": "nearest", "dtype": "int16", "chunk_vox": [32, 64, 64], "shard_vox": None,
+           "zstd_level": 1, "allow_non_ct": False, "spacing_tolerance": 0.1, "format_version": 1, "extra": {}}
+    plan = Plan.from_dict(old)
+    assert plan.to_dict() == old
+    assert plan.read_options() == read_options({}) == {"allow_non_ct": False, "spacing_tolerance": 0.1,
+                                                        "spacing_range_mm": (0.1, 20.0), "allow_non_hu": False}
+    new = Plan.from_request(PlanRequest(allow_non_hu=True), (1.0, 1.0, 2.0), False)
+    assert new.to_dict()["spacing_range_mm"] == [0.1, 20.0] and new.to_dict()["allow_non_hu"] is True
+    assert Plan.from_dict(new.to_dict()) == new and new.hash != plan.hash
