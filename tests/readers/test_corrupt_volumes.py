@@ -19,9 +19,10 @@ from pydantic import ValidationError
 from storage.errors import RefusedInput, UnreadableInput
 from storage.ingest import ingest_case
 from storage.plan import Plan, PlanRequest, read_options
-from storage.readers import CaseSource, read_case
+from storage.readers import CaseSource, discover_cases, read_case
 from storage.readers.image_file import read_image_file
 from storage.store import DatasetStore
+from tests.readers.synth import write_series
 
 SPACING = (0.8, 0.8, 2.5)
 
@@ -171,6 +172,21 @@ def test_nrrd_bzip2_is_unreadable_not_misread(tmp_path):
     path.write_bytes(path.read_bytes().replace(b"encoding: gzip", b"encoding: bzip2"))
     with pytest.raises(UnreadableInput, match="bzip2"):
         read_image_file(str(path))
+
+
+@pytest.mark.parametrize("compress", ["rle", None])
+def test_a_truncated_dicom_slice_fails_its_series_at_ingest(tmp_path, compress):
+    """pydicom drops a whole RLE file that ends inside its pixel data (it looked like 'modality
+    missing'); the file must stay in its series and fail it, naming the file."""
+    paths = write_series(tmp_path / "in", n=4, compress=compress)
+    _truncate(paths[0], keep=0.97)
+    [case], _, _ = discover_cases(str(tmp_path / "in"))
+    assert len(case.image_uris) == 4
+    store = str(tmp_path / "store")
+    plan = Plan(target_spacing_mm=(1.0, 1.0, 2.0))
+    DatasetStore(store, "d", create=True).ensure(plan.to_dict(), {})
+    res = ingest_case(case, store, "d", plan)
+    assert res.status == "failed" and res.source == str(paths[0]) and "truncated" in res.reason
 
 
 # -- spacing ---------------------------------------------------------------------------------------
