@@ -236,10 +236,10 @@ def _write_model(cfg: PGLConfig, run: _Run, raw: nn.Module, res: FinetuneResult,
     metrics = {"val_dice": _finite_or_none(res.best_val_dice), "best_val_dice": _finite_or_none(res.best_val_dice),
                "final_val_dice": _finite_or_none(res.final_val_dice), "best_step": res.best_step,
                "steps": res.steps}
+    plan = run.manifest.get("plan") or {}
     contract = SegmenterContract.build(config_to_dict(cfg), run.num_classes, run.label_names,
-                                       (run.manifest.get("plan") or {}).get("target_spacing_mm"), run.norm,
-                                       run.init, run.pre, run.store.dataset, run.store.manifest_hash(),
-                                       run.split, metrics)
+                                       plan.get("target_spacing_mm"), run.norm, run.init, run.pre,
+                                       run.store.dataset, run.store.manifest_hash(), run.split, metrics, plan)
     contract.write(res.model_dir.rsplit("/", 1)[0] + "/" + name, state, storage_options)
 
 

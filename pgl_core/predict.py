@@ -1,11 +1,13 @@
 """Segment one CT file or DICOM series folder with a fine-tuned model directory.
 
 :func:`predict_file` is the contract's ``predictor`` (also behind ``pgl predict`` and the MLflow
-pyfunc model): read the input through ``storage.readers`` (same refusals as ingest), apply the
-model's preprocessing contract (canonical LPS orientation, resampling to ``spacing_mm``, HU window
-and normalisation), sliding-window prediction (Gaussian blending, the contract's overlap), then
-map the label map back onto the input's own grid (nearest neighbour through physical space) and
-write it with exactly the input's size, spacing, origin and direction (uint8).
+pyfunc model): read the input through ``storage.readers`` with the refusals of ingest under the
+training dataset's plan (the contract's ``plan``: spacing range, HU rule, DICOM checks; defaults
+for contracts without one), apply the model's preprocessing contract (canonical LPS orientation,
+resampling to ``spacing_mm``, HU window and normalisation), sliding-window prediction (Gaussian
+blending, the contract's overlap), then map the label map back onto the input's own grid (nearest
+neighbour through physical space) and write it with exactly the input's size, spacing, origin and
+direction (uint8).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pgl_core.evaluation.sliding_window import sliding_window_predict
 from pgl_core.nets.unet import SegmentationUNet
 from storage.errors import RefusedInput
 from storage.geometry import canonicalize, resample
+from storage.plan import read_options
 from storage.readers import CaseSource, discover_cases, read_case
 from storage.readers.image_file import image_suffix
 from storage.volume import Volume
@@ -25,11 +28,16 @@ from storage.writers import resample_to_reference, write_volume
 
 
 def input_source(input_uri: str, storage_options: dict | None = None) -> CaseSource:
-    """A CaseSource for a single volume file, or the one series found in a DICOM folder."""
+    """A CaseSource for a single volume file, or the one series found in a DICOM folder (refused
+    when the folder also holds a DICOM file that cannot be read: it may be a slice of that series;
+    pixel-less objects beside it are no reason)."""
     name = input_uri.rstrip("/").rsplit("/", 1)[-1]
     if image_suffix(name) is not None:
         return CaseSource("input", "image", (input_uri,), None, "unlabelled")
     cases, problems, _ = discover_cases(input_uri, storage_options)
+    unreadable = [(where, why) for where, why in problems if "without pixel data" not in why]
+    if len(cases) == 1 and unreadable:
+        raise RefusedInput(*unreadable[0])
     if len(cases) != 1:
         found = ", ".join(c.case_id for c in cases) or "none"
         extra = f"; problems: {problems[:3]}" if problems else ""
@@ -38,9 +46,11 @@ def input_source(input_uri: str, storage_options: dict | None = None) -> CaseSou
     return cases[0]
 
 
-def read_input(input_uri: str, storage_options: dict | None = None) -> Volume:
-    """The input CT in its own geometry (z, y, x), HU."""
-    image, _, _ = read_case(input_source(input_uri, storage_options), storage_options=storage_options)
+def read_input(input_uri: str, storage_options: dict | None = None, plan: dict | None = None) -> Volume:
+    """The input CT in its own geometry (z, y, x), HU, read with the reader settings of ``plan`` (a
+    dataset plan dict; None or {}: the defaults)."""
+    image, _, _ = read_case(input_source(input_uri, storage_options), storage_options=storage_options,
+                            **read_options(plan or {}))
     return image
 
 
@@ -90,6 +100,6 @@ def predict_file(model_dir: str, input_uri: str, output_uri: str, device: str | 
     geometry; returns ``output_uri``."""
     dev = pick_device(device)
     model, contract = load_segmenter(model_dir, storage_options, device=dev)
-    image = read_input(input_uri, storage_options)
+    image = read_input(input_uri, storage_options, contract.plan)
     out = predict_volume(model, contract, image, dev)
     return write_volume(out, output_uri, storage_options)

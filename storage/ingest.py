@@ -86,10 +86,8 @@ def _with_source(attrs: dict[str, Any], source: CaseSource) -> dict[str, Any]:
 
 def _convert(source: CaseSource, plan: Plan, checksum: str,
              storage_options: dict | None) -> tuple[Volume, np.ndarray | None, dict[str, Any]]:
-    image, label, meta = read_case(
-        source, allow_non_ct=plan.allow_non_ct, spacing_tolerance=plan.spacing_tolerance,
-        storage_options=storage_options, source_checksum=checksum,
-    )
+    image, label, meta = read_case(source, storage_options=storage_options, source_checksum=checksum,
+                                   **plan.read_options())
     image = to_int16_hu(_prepare(image, plan, is_label=False))
     label_arr = None
     if label is not None:
@@ -148,10 +146,26 @@ def ingest_case(
     return CaseResult(source.case_id, "failed", reason, culprit, time.perf_counter() - t0)
 
 
+def _plausible(spacing: tuple[float, float, float], request: PlanRequest) -> bool:
+    lo, hi = request.spacing_range_mm
+    return all(lo <= s <= hi for s in spacing)
+
+
+def _note_kept_settings(dataset: str, plan: Plan, request: PlanRequest) -> None:
+    """Warn when the request asks the reader for other settings than the dataset's fixed plan."""
+    asked = Plan.from_request(request, plan.target_spacing_mm, False).read_options()
+    kept = {k: v for k, v in plan.read_options().items() if asked[k] != v}
+    if kept:
+        log.warning("dataset %s keeps its plan's reader settings %s (requested %s): the plan is fixed when a "
+                    "dataset is created; use another dataset name to change them", dataset, kept,
+                    {k: asked[k] for k in kept})
+
+
 def choose_plan(ds: DatasetStore, cases: list[CaseSource], request: PlanRequest,
                 storage_options: dict | None = None) -> Plan:
     """The dataset's plan: the one its manifest holds (a request for another spacing is refused),
-    else ``request`` with the spacing decided (the median over the cases' headers when not given)."""
+    else ``request`` with the spacing decided (the median over the cases' headers when not given;
+    spacings outside ``request.spacing_range_mm`` are left out: those cases will be refused)."""
     existing = ds.manifest().get("plan") if ds.exists() else None
     if existing:
         plan = Plan.from_dict(existing)
@@ -159,15 +173,19 @@ def choose_plan(ds: DatasetStore, cases: list[CaseSource], request: PlanRequest,
             raise InputError(
                 f"dataset {ds.dataset} already uses target spacing {plan.target_spacing_mm}; "
                 f"requested {request.target_spacing_mm}. Use another dataset name.")
+        _note_kept_settings(ds.dataset, plan, request)
         return plan
     spacing = request.target_spacing_mm
     if spacing is None:
         probes = []
         for c in cases:
             try:
-                probes.append(probe_spacing(c, storage_options))
+                probe = probe_spacing(c, storage_options)
             except Exception as err:  # noqa: BLE001 - the case will fail later with its reason
                 log.debug("spacing probe failed for %s: %s", c.case_id, err)
+                continue
+            if _plausible(probe, request):
+                probes.append(probe)
         if not probes:
             raise InputError(f"no readable case in {len(cases)} to derive the median spacing from; "
                              "give --target-spacing X,Y,Z")

@@ -10,8 +10,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from storage.checks import DEFAULT_SPACING_RANGE_MM, LOW_FRACTION, LOW_HU
 from storage.manifest import plan_hash
 
 PLAN_FORMAT_VERSION = 1
@@ -33,9 +34,27 @@ class PlanRequest(BaseModel):
         "on object stores (fewer, larger objects).")
     zstd_level: int = Field(1, ge=1, le=9, description="zstd level of the arrays' chunks (zstd inside Blosc, "
                             "byte shuffle).")
-    allow_non_ct: bool = Field(False, description="Accept DICOM modalities other than CT.")
+    allow_non_ct: bool = Field(False, description="Accept DICOM modalities other than CT (and so values that are "
+                               "not HU: implies allow_non_hu).")
     spacing_tolerance: float = Field(
         0.1, gt=0, description="Relative tolerance on slice spacing uniformity before a series is refused.")
+    spacing_range_mm: tuple[float, float] = Field(
+        DEFAULT_SPACING_RANGE_MM, description="Plausible voxel spacing (min, max) in mm: an image whose spacing on "
+        "any axis is zero, negative, NaN or outside this range is refused (a header error: a zero NIfTI pixdim, "
+        "a spacing in metres).")
+    allow_non_hu: bool = Field(
+        False, description=f"Accept images whose values do not look like Hounsfield units. By default an image "
+        f"needs at least {LOW_FRACTION:.1%} of its voxels at or below {LOW_HU:g} HU (air, lung or fat: every CT of "
+        "a body shows some) and at most half outside -2048..4095; this refuses 8-bit photos, MR-like or [0, 1] / "
+        "z-scored intensities, label maps given as images and CT stored without its rescale intercept. A crop "
+        "inside one organ without fat or air needs this switch. NaN is refused regardless.")
+
+    @field_validator("spacing_range_mm")
+    @classmethod
+    def _ordered_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < value[0] < value[1]:
+            raise ValueError(f"spacing_range_mm must be (min, max) with 0 < min < max, got {value}")
+        return value
 
 
 @dataclass(frozen=True)
@@ -54,21 +73,29 @@ class Plan:
     spacing_tolerance: float = 0.1
     format_version: int = PLAN_FORMAT_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
+    # None: a plan recorded before these checks existed (left out of its dict, so its hash is
+    # unchanged); the defaults apply to it. New plans record them (see :func:`read_options`).
+    spacing_range_mm: tuple[float, float] | None = None
+    allow_non_hu: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        for key in ("target_spacing_mm", "chunk_vox", "shard_vox"):
+        for key in ("target_spacing_mm", "chunk_vox", "shard_vox", "spacing_range_mm"):
             if d[key] is not None:
                 d[key] = [v for v in d[key]]
-        return d
+        return {k: v for k, v in d.items() if not (k in _RECORDED_IF_SET and v is None)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Plan":
         d = dict(d)
-        for key in ("target_spacing_mm", "chunk_vox", "shard_vox"):
+        for key in ("target_spacing_mm", "chunk_vox", "shard_vox", "spacing_range_mm"):
             if d.get(key) is not None:
                 d[key] = tuple(d[key])
         return cls(**d)
+
+    def read_options(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`storage.readers.read_case` this plan implies."""
+        return read_options(self.to_dict())
 
     @classmethod
     def from_request(cls, request: PlanRequest, spacing_mm: tuple[float, float, float],
@@ -78,9 +105,23 @@ class Plan:
         shard = request.shard_vox or (DEFAULT_OBJECT_STORE_SHARD_VOX if object_store else None)
         return cls(target_spacing_mm=tuple(round(float(s), 4) for s in spacing_mm), chunk_vox=request.chunk_vox,
                    shard_vox=shard, zstd_level=request.zstd_level, allow_non_ct=request.allow_non_ct,
-                   spacing_tolerance=request.spacing_tolerance)
+                   spacing_tolerance=request.spacing_tolerance, spacing_range_mm=tuple(request.spacing_range_mm),
+                   allow_non_hu=request.allow_non_hu)
 
     @property
     def hash(self) -> str:
         """The store's plan hash (sha256 of the plan's canonical JSON): keys idempotent reruns."""
         return plan_hash(self.to_dict())
+
+
+_RECORDED_IF_SET = ("spacing_range_mm", "allow_non_hu")
+
+
+def read_options(plan: dict[str, Any]) -> dict[str, Any]:
+    """What a plan dict (a manifest's ``plan``, also carried by a segmenter's contract) asks of the
+    reader: the :func:`storage.readers.read_case` keyword arguments, defaults for what it lacks
+    (plans and contracts recorded before a setting existed)."""
+    return {"allow_non_ct": bool(plan.get("allow_non_ct", False)),
+            "spacing_tolerance": float(plan.get("spacing_tolerance", 0.1)),
+            "spacing_range_mm": tuple(float(v) for v in plan.get("spacing_range_mm") or DEFAULT_SPACING_RANGE_MM),
+            "allow_non_hu": bool(plan.get("allow_non_hu") or False)}

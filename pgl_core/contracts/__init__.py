@@ -13,7 +13,8 @@ Two kinds of ``contract.json`` (format version 1), read, checked and written her
   ``in_channels``, ``label_names`` {str(value): name}, ``spacing_mm``, ``orientation``,
   ``hu_window``, ``normalisation`` {kind, mean_hu, std_hu}, ``patch_vox``, ``sw_overlap``,
   ``init`` ("random" or the pretraining URI), ``pretrain_mode``, ``lineage``, ``split``,
-  ``metrics`` and the full ``config``.
+  ``metrics``, the full ``config`` and ``plan``, the training dataset's plan (its reader settings,
+  e.g. the plausible spacing range, also apply to prediction; ``{}`` in older contracts: defaults).
 
 Spacings are (x, y, z) mm, patches (z, y, x) voxels. Each class (``common``: the shared base;
 ``encoder``, ``segmenter``) has one checked read (``read``: kind, version, required fields and

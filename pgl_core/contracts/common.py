@@ -115,6 +115,7 @@ FIELD_CHECKS: dict[str, tuple[Any, str]] = {
     "lineage": (_is(dict), "an object"),
     "split": (_is(dict), "an object"),
     "metrics": (_is(dict), "an object"),
+    "plan": (_is(dict), "an object"),
 }
 
 

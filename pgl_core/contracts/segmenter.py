@@ -49,6 +49,7 @@ class SegmenterContract(Contract):
     split: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
+    plan: dict[str, Any] = field(default_factory=dict)  # the training dataset's plan ({}: made before it was kept)
     torch_version: str = ""
     format_version: int = FORMAT_VERSION
     kind: str = SEGMENTER_KIND
@@ -57,9 +58,10 @@ class SegmenterContract(Contract):
     @classmethod
     def build(cls, cfg: dict[str, Any], num_classes: int, label_names: dict[Any, str],
               spacing_mm: list[float] | None, norm: IntensityNorm, init: str, pre: PretrainContract | None,
-              dataset: str, manifest_hash: str, split: dict[str, Any], metrics: dict[str, Any]
-              ) -> SegmenterContract:
-        """The contract of a fine-tuning run (``cfg``: its config dict; ``pre``: the init's contract)."""
+              dataset: str, manifest_hash: str, split: dict[str, Any], metrics: dict[str, Any],
+              plan: dict[str, Any] | None = None) -> SegmenterContract:
+        """The contract of a fine-tuning run (``cfg``: its config dict; ``pre``: the init's contract;
+        ``plan``: the training dataset's plan, whose reader settings prediction applies)."""
         lineage: dict[str, Any] = {"dataset": dataset, "manifest_hash": manifest_hash, "pretraining": None}
         if pre is not None:
             lineage["pretraining"] = {"uri": init, "mode": pre.mode, "steps": pre.steps,
@@ -74,7 +76,7 @@ class SegmenterContract(Contract):
             patch_vox=[int(v) for v in cfg["finetune"]["patch_vox"]],
             sw_overlap=float(cfg["finetune"]["sw_overlap"]),
             init=init, pretrain_mode=None if pre is None else pre.mode,
-            lineage=lineage, split=split, metrics=metrics, config=cfg,
+            lineage=lineage, split=split, metrics=metrics, config=cfg, plan=dict(plan or {}),
             torch_version=torch.__version__,
         )
 

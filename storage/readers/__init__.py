@@ -5,6 +5,7 @@ next). Remote cases (any fsspec URI, e.g. ``s3://``) are first copied to a tempo
 is removed afterwards; one case is in memory at a time. Every failure is a
 :class:`~storage.errors.RefusedInput` (the input would make a wrong volume) or an
 :class:`~storage.errors.UnreadableInput` (it cannot be decoded), naming the file and the reason.
+Every image must have a plausible spacing and Hounsfield values (``storage.checks``).
 The returned meta never holds patient-identifying fields nor file paths.
 """
 
@@ -17,12 +18,13 @@ from collections.abc import Iterator
 
 import fsspec
 
+from storage.checks import DEFAULT_SPACING_RANGE_MM, check_ct_values, check_geometry
 from storage.checksum import sha256_files
 from storage.errors import RefusedInput, StorageError, UnreadableInput
 from storage.geometry import labels_match_image
 from storage.readers.dicom import read_dicom_series
 from storage.readers.discover import CaseSource, discover_cases
-from storage.readers.image_file import IMAGE_SUFFIXES, check_ct_values, image_suffix, read_image_file
+from storage.readers.image_file import IMAGE_SUFFIXES, image_suffix, read_image_file
 from storage.volume import Volume
 
 __all__ = ["CaseSource", "discover_cases", "read_case"]
@@ -68,9 +70,15 @@ def _read_image(source: CaseSource, paths: list[str], allow_non_ct: bool, tol: f
 
 
 def read_case(source: CaseSource, allow_non_ct: bool = False, spacing_tolerance: float = 0.1,
-              storage_options: dict | None = None,
-              source_checksum: str | None = None) -> tuple[Volume, Volume | None, dict]:
+              storage_options: dict | None = None, source_checksum: str | None = None,
+              spacing_range_mm: tuple[float, float] = DEFAULT_SPACING_RANGE_MM,
+              allow_non_hu: bool = False) -> tuple[Volume, Volume | None, dict]:
     """Read one case -> (image, label or None, meta), in the input's own geometry.
+
+    The image is refused when its spacing lies outside ``spacing_range_mm`` (any axis) or its values
+    do not look like HU (unless ``allow_non_hu``, which ``allow_non_ct`` implies: other modalities
+    are not in HU); NaN is always refused. ``allow_non_ct`` also accepts DICOM modalities other than
+    CT; ``spacing_tolerance`` is the DICOM slice spacing uniformity (relative).
 
     image: (z, y, x) HU, int16 when integral else float32; label: uint8 on the same grid.
     meta: ``source_checksum`` (sha256 over all input files, images in order then the label:
@@ -84,8 +92,9 @@ def read_case(source: CaseSource, allow_non_ct: bool = False, spacing_tolerance:
         try:
             image, modality, fmt = _read_image(source, [local[u] for u in source.image_uris],
                                                allow_non_ct, spacing_tolerance)
-            if not allow_non_ct:
-                check_ct_values(image.array, source.image_uris[0] if fmt != "dicom" else f"case {source.case_id}")
+            where = source.image_uris[0] if fmt != "dicom" else f"case {source.case_id}"
+            check_geometry(image, where, spacing_range_mm)
+            check_ct_values(image.array, where, allow_non_hu or allow_non_ct)
             label = read_image_file(local[source.label_uri], is_label=True) if source.label_uri else None
         except (RefusedInput, UnreadableInput) as exc:
             raise _renamed(exc, back) from exc

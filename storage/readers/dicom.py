@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -84,15 +84,42 @@ def header_from_dataset(ds: Dataset, uri: str) -> DicomHeader:
     return DicomHeader(uri=uri, group_key=key, has_pixels=has_pixels, is_dicomdir=is_dicomdir)
 
 
+class TruncatedFile(UnreadableInput):
+    """A DICOM file that ends inside an element (pydicom warns and drops everything it read)."""
+
+
+def read_dicom_file(src, uri: str, **kwargs) -> Dataset:
+    """``pydicom.dcmread(src, force=True, **kwargs)``; :class:`TruncatedFile` when the file ends
+    inside an element (a truncated pixel data element, compressed or not)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds = pydicom.dcmread(src, force=True, **kwargs)
+    ended = [str(w.message) for w in caught if "End of file reached" in str(w.message)]
+    if ended:
+        raise TruncatedFile(uri, f"truncated DICOM file ({ended[0].split(' in file')[0].lower()})")
+    return ds
+
+
+def _parse_header(fh, uri: str) -> DicomHeader:
+    try:
+        ds, truncated = read_dicom_file(fh, uri, defer_size=1024), False
+    except TruncatedFile:  # keep it in its series (read up to its pixels), which is then refused naming it
+        fh.seek(0)
+        ds, truncated = read_dicom_file(fh, uri, stop_before_pixels=True), True
+    if not ds or not any(k in ds for k in ("SOPClassUID", "Modality", "Rows", "DirectoryRecordSequence")):
+        raise UnreadableInput(uri, "not a DICOM dataset (no SOPClassUID, Modality or Rows)")
+    header = header_from_dataset(ds, uri)
+    return replace(header, has_pixels=True) if truncated and "Rows" in ds else header
+
+
 def read_header(fh, uri: str) -> DicomHeader:
-    """Parse one header from an open binary file; raises UnreadableInput when it is not DICOM."""
+    """Parse one header from an open binary file; raises UnreadableInput when it is not DICOM.
+    A file whose pixel data is truncated still gets its series key (and counts as having pixels), so
+    that its series is refused when read instead of being stacked without it."""
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(fh, force=True, defer_size=1024)
-            if not ds or not any(k in ds for k in ("SOPClassUID", "Modality", "Rows", "DirectoryRecordSequence")):
-                raise UnreadableInput(uri, "not a DICOM dataset (no SOPClassUID, Modality or Rows)")
-            return header_from_dataset(ds, uri)
+            warnings.simplefilter("ignore")  # pydicom warns on malformed values as they are read
+            return _parse_header(fh, uri)
     except UnreadableInput:
         raise
     except Exception as exc:  # pydicom raises many types on corrupt input
@@ -198,9 +225,9 @@ def _read_slices(paths: list[str], allow_non_ct: bool) -> tuple[list[_Slice], st
     slices, modality = [], ""
     for path in paths:
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                ds = pydicom.dcmread(path, force=True, defer_size=1024)
+            ds = read_dicom_file(path, path, defer_size=1024)
+        except UnreadableInput:
+            raise
         except Exception as exc:
             raise UnreadableInput(path, f"unreadable DICOM header: {type(exc).__name__}: {exc}") from exc
         _check_kind(ds, path, allow_non_ct)

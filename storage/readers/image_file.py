@@ -1,9 +1,12 @@
 """Single-file volumes (NIfTI, NRRD, MetaImage) and the value checks every CT must pass.
 
-Pixels are read with SimpleITK (NIfTI scl_slope / scl_inter applied by it). NIfTI geometry
+Pixels are read with SimpleITK (NIfTI scl_slope / scl_inter applied by it); compressed payloads
+are then verified to the end of their stream (``storage.readers.payload``). NIfTI geometry
 follows the standard, which ITK does not always do: the sform when ``sform_code > 0``, else the
-qform (nibabel's best affine), converted from RAS to ITK's LPS. Sheared affines, 4D images,
-multi-component images and non-finite values are refused with the reason.
+qform (nibabel's best affine), converted from RAS to ITK's LPS; when the qform (or the bare
+pixdim) gives the geometry, a zero, negative or NaN pixdim is refused (nibabel would silently make
+it 1 mm). Sheared affines, 4D images, multi-component images and non-finite values are refused
+with the reason.
 """
 
 from __future__ import annotations
@@ -16,13 +19,14 @@ import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
+from storage.checks import check_voxel_size
 from storage.errors import RefusedInput, UnreadableInput
+from storage.readers.payload import verify_decoded, verify_nifti
 from storage.volume import Volume
 
 IMAGE_SUFFIXES: dict[str, str] = {
     ".nii.gz": "nifti", ".nii": "nifti", ".nrrd": "nrrd", ".nhdr": "nrrd", ".mha": "metaimage", ".mhd": "metaimage",
 }
-HU_RANGE = (-2048.0, 4095.0)
 MIN_SLICES = 3
 
 
@@ -39,8 +43,22 @@ def file_stem(name: str) -> str:
     return base[: -len(suffix)] if suffix else Path(base).stem
 
 
+def _check_pixdim(nii: "nib.Nifti1Image", path: str) -> None:
+    """Refuse a zero, negative or NaN pixdim[1..3] when it gives the voxel size (no sform). nibabel's
+    loaded header has already made zeros 1 and negatives positive, so the raw header is read again."""
+    if int(nii.header["sform_code"]) != 0:
+        return
+    with nib.openers.ImageOpener(path) as fh:
+        raw = type(nii.header).from_fileobj(fh, check=False)
+    for axis, value in zip("xyz", np.asarray(raw["pixdim"][1:4], dtype=np.float64)):
+        if not value > 0:
+            raise RefusedInput(path, f"NIfTI pixdim of axis {axis} is {value:g}: no voxel size (the qform needs "
+                               "pixdim[1..3] > 0)")
+
+
 def _affine_geometry(nii: "nib.Nifti1Image", path: str) -> tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...]]:
     """(spacing_xyz, origin_lps, direction_rowmajor) from the standard's best affine (header only)."""
+    _check_pixdim(nii, path)
     affine = np.asarray(nii.affine, dtype=np.float64)
     lps = np.diag([-1.0, -1.0, 1.0]) @ affine[:3, :]
     cols = lps[:, :3]
@@ -143,6 +161,8 @@ def _read_sitk(path: str) -> sitk.Image:
     if reader.GetNumberOfComponents() != 1:
         raise RefusedInput(path, f"{reader.GetNumberOfComponents()} components per voxel: a scalar CT expected")
     check_claimed_size(path, tuple(size), _bytes_per_voxel(reader, path))
+    if image_suffix(path) not in (".nii", ".nii.gz"):  # zero or NaN: ITK would fail with a vaguer message
+        check_voxel_size([abs(v) for v in reader.GetSpacing()], path)  # (negative: ITK reads a flip)
     try:
         return reader.Execute()
     except RuntimeError as exc:
@@ -172,15 +192,22 @@ def _read_nibabel(path: str) -> np.ndarray:
 
 
 def _read_pixels(path: str) -> tuple[np.ndarray, tuple | None]:
-    """(z, y, x) array and ITK geometry (None for NIfTI, whose geometry comes from its affine)."""
+    """(z, y, x) array and ITK geometry (None for NIfTI, whose geometry comes from its affine); a
+    compressed payload is verified (see ``storage.readers.payload``)."""
     nifti = image_suffix(path) in (".nii", ".nii.gz")
     try:
         img = _read_sitk(path)
     except UnreadableInput:
         if not nifti:
             raise
+        verify_nifti(path, decoder_checked_crc=False)
         return _read_nibabel(path), None
-    return sitk.GetArrayFromImage(img), None if nifti else (img.GetSpacing(), img.GetOrigin(), img.GetDirection())
+    array = sitk.GetArrayFromImage(img)
+    if nifti:
+        verify_nifti(path, decoder_checked_crc=True)
+        return array, None
+    verify_decoded(path, array)
+    return array, (img.GetSpacing(), img.GetOrigin(), img.GetDirection())
 
 
 def read_image_file(path: str, is_label: bool = False) -> Volume:
@@ -204,25 +231,3 @@ def _label_values(array: np.ndarray, path: str) -> np.ndarray:
     if lo < 0 or hi > 255:
         raise RefusedInput(path, f"label values {lo}..{hi} outside 0..255")
     return array.astype(np.uint8, copy=False)
-
-
-def check_ct_values(array: np.ndarray, source: str) -> None:
-    """Refuse arrays that cannot be CT in Hounsfield units.
-
-    Refused: NaN / infinity; a narrow range with neither air (< -200) nor anything above 100
-    (e.g. [0, 1]-scaled or 0..50 data; a real CT always shows air or denser tissue); more than
-    half the voxels in [0, 1]; more than half outside ``HU_RANGE``. Fractions are estimated on a strided subsample (every 2nd slice, 4th row and column).
-    """
-    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array.sum(dtype=np.float64)):
-        raise RefusedInput(source, "image contains NaN or infinite values")
-    vmin, vmax = float(array.min()), float(array.max())
-    if vmax < 100 and vmin > -200:
-        raise RefusedInput(source, f"values do not look like Hounsfield units (range {vmin:.3g}..{vmax:.3g}: "
-                                   "no air below -200 and nothing above 100)")
-    sample = array[::2, ::4, ::4]
-    unit = float(np.mean((sample >= 0) & (sample <= 1)))
-    if unit > 0.5:
-        raise RefusedInput(source, f"values do not look like Hounsfield units ({unit:.0%} of voxels in [0, 1])")
-    outside = float(np.mean((sample < HU_RANGE[0]) | (sample > HU_RANGE[1])))
-    if outside > 0.5:
-        raise RefusedInput(source, f"values do not look like Hounsfield units ({outside:.0%} outside {HU_RANGE})")

@@ -55,7 +55,7 @@ def test_cli_finetune_evaluate_predict(kits_store, tmp_path, capsys):
     assert pgl(["evaluate", "--model", str(run / "model"), "--store", kits_store, "--dataset", "kits",
                 "--output", str(tmp_path / "ev"), "--overlays", "0", "--workdir", str(tmp_path / "w")]) == 0
     assert (tmp_path / "ev" / "metrics.json").is_file()
-    image, _ = generate_case("kits", 2, (12, 32, 32), ras=True)
+    image, _ = generate_case("kits", 2, (16, 32, 32), ras=True)  # 12 slices would be 25 mm thick
     src, dst = tmp_path / "ct.nii.gz", tmp_path / "labels.nii.gz"
     sitk.WriteImage(image.to_sitk(), str(src))
     assert pgl(["predict", "--model", str(run / "model"), "--input", str(src), "--output", str(dst)]) == 0

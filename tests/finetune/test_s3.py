@@ -25,7 +25,7 @@ def test_finetune_to_s3_then_predict_from_and_to_s3(kits_store, s3_server, s3_bu
     assert res.model_dir == f"{out}/model"
     contract = json.loads(blobs.get_bytes(f"{out}/model/contract.json", opts))
     assert contract["kind"] == "pgl-segmenter" and blobs.exists(f"{out}/split.json", opts)
-    image, _ = generate_case("kits", 4, (12, 32, 32), ras=True, oblique=True)
+    image, _ = generate_case("kits", 4, (16, 32, 32), ras=True, oblique=True)  # (12 slices: 23 mm)
     src = tmp_path / "ct.nrrd"
     sitk.WriteImage(image.to_sitk(), str(src))
     blobs.put_bytes_atomic(f"{s3_bucket}/in/ct.nrrd", src.read_bytes(), opts)
