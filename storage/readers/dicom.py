@@ -221,7 +221,8 @@ def _check_kind(ds: Dataset, path: str, allow_non_ct: bool) -> None:
         raise RefusedInput(path, f"not greyscale (SamplesPerPixel={ds.get('SamplesPerPixel')})")
 
 
-def _read_slices(paths: list[str], allow_non_ct: bool) -> tuple[list[_Slice], str]:
+def read_slices(paths: list[str], allow_non_ct: bool) -> tuple[list[_Slice], str]:
+    """The slices of one series with their headers (pixels decoded later) and its modality."""
     slices, modality = [], ""
     for path in paths:
         try:
@@ -310,7 +311,7 @@ def _to_dtype(hu: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return np.clip(rounded, -32768, 32767).astype(dtype)
 
 
-def _decode_classic(s: _Slice) -> np.ndarray:
+def decode_classic(s: _Slice) -> np.ndarray:
     """One single-frame file -> (rows, cols) HU (GDCM applies the file's rescale; float, or int32
     from the numpy fast path)."""
     if s.raw is not None:
@@ -358,7 +359,7 @@ def _stack(ordered: list[_Slice], dtype: np.dtype) -> np.ndarray:
         if s.raw is not None and dtype == np.int16:
             decode_raw(s, out[z])
             continue
-        hu = _decode_classic(s)
+        hu = decode_classic(s)
         if hu.shape != (rows, cols):
             raise UnreadableInput(s.path, f"decoded slice shape {hu.shape} != header Rows/Columns {(rows, cols)}")
         out[z] = _to_dtype(hu, dtype)
@@ -375,7 +376,7 @@ def read_dicom_series(paths: list[str], allow_non_ct: bool = False, spacing_tole
     normal ``cross(row, col)``, so direction columns are (row, col, normal).
     """
     where = where or str(Path(paths[0]).parent)
-    slices, modality = _read_slices(paths, allow_non_ct)
+    slices, modality = read_slices(paths, allow_non_ct)
     ordered, normal = _order(slices, where)
     step = _check_positions(ordered, normal, spacing_tolerance, where, min_slices)
     array = _stack(ordered, _value_dtype(ordered))

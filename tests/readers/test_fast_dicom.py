@@ -11,7 +11,7 @@ import pytest
 import SimpleITK as sitk
 
 from storage.errors import UnreadableInput
-from storage.readers.dicom import _decode_classic, _read_slices, read_dicom_series
+from storage.readers.dicom import decode_classic, read_slices, read_dicom_series
 from storage.readers.dicom_pixels import decode_raw
 from tests.readers.synth import COLS, ROWS, write_series
 
@@ -28,8 +28,8 @@ def _garbage_high_bits(paths: list[Path], signed: bool, bits: int, slope: float,
 
 
 def _gdcm_slices(paths: list[Path]) -> list[np.ndarray]:
-    slices, _ = _read_slices([str(p) for p in paths], allow_non_ct=False)
-    return [_decode_classic(dataclasses.replace(s, raw=None)) for s in slices]
+    slices, _ = read_slices([str(p) for p in paths], allow_non_ct=False)
+    return [decode_classic(dataclasses.replace(s, raw=None)) for s in slices]
 
 
 @pytest.mark.parametrize("signed", [True, False])
@@ -38,10 +38,10 @@ def _gdcm_slices(paths: list[Path]) -> list[np.ndarray]:
 def test_raw_pixels_equal_gdcm(tmp_path: Path, signed: bool, bits: int, slope: float, intercept: float) -> None:
     paths = write_series(tmp_path, n=3)
     _garbage_high_bits(paths, signed, bits, slope, intercept)
-    slices, _ = _read_slices([str(p) for p in paths], allow_non_ct=False)
+    slices, _ = read_slices([str(p) for p in paths], allow_non_ct=False)
     assert all(s.raw is not None for s in slices)
     for s, slow in zip(slices, _gdcm_slices(paths)):
-        np.testing.assert_array_equal(_decode_classic(s), slow)
+        np.testing.assert_array_equal(decode_classic(s), slow)
         into = decode_raw(s, np.empty((ROWS, COLS), np.int16))  # the stacking path, int16 HU
         np.testing.assert_array_equal(into, np.clip(np.rint(slow), -32768, 32767))
 
@@ -62,7 +62,7 @@ def test_non_integral_rescale_and_compressed_use_gdcm(tmp_path: Path) -> None:
     float_paths = write_series(tmp_path / "float", n=3, slope=0.5, intercept=-1024.0)
     rle_paths = write_series(tmp_path / "rle", n=3, compress="rle")
     for paths in (float_paths, rle_paths):
-        slices, _ = _read_slices([str(p) for p in paths], allow_non_ct=False)
+        slices, _ = read_slices([str(p) for p in paths], allow_non_ct=False)
         assert all(s.raw is None for s in slices)
     vol, _ = read_dicom_series([str(p) for p in float_paths])
     assert vol.array.dtype == np.float32
@@ -72,7 +72,7 @@ def test_truncated_pixel_data_is_unreadable(tmp_path: Path) -> None:
     paths = write_series(tmp_path, n=3)
     data = paths[1].read_bytes()
     paths[1].write_bytes(data[:-20])
-    slices, _ = _read_slices([str(p) for p in paths], allow_non_ct=False)
+    slices, _ = read_slices([str(p) for p in paths], allow_non_ct=False)
     broken = [s for s in slices if s.path == str(paths[1])]
     if broken[0].raw is None:  # the header parser already noticed: GDCM path, also refused
         pytest.skip("header parser rejected the truncated element")
