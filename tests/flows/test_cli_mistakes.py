@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.flows]
 @pytest.fixture(scope="module")
 def raw(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("mistakes")
-    write_dataset(str(root), "kits", 3, seed=3, shape_zyx=(12, 32, 32))
+    write_dataset(str(root), "kits", 3, seed=3, shape_zyx=(24, 32, 32))
     (root / "empty").mkdir()
     (root / "photos").mkdir()
     for i in range(2):
