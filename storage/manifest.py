@@ -14,6 +14,8 @@ import math
 from datetime import datetime, timezone
 from typing import Any, Iterable
 
+import numpy as np
+
 from storage.layout import FORMAT_VERSION, STATS_CLIP_HU
 
 
@@ -84,19 +86,21 @@ def pool_body_stats(bodies: Iterable[dict[str, Any] | None]) -> dict[str, Any] |
     """Sum of several :func:`storage.layout.body_stats` (cases or datasets); None when any lacks
     them (a store written before body statistics existed) or none is given."""
     out: dict[str, Any] | None = None
+    hist = np.zeros(0, dtype=np.int64)
     for body in bodies:
         if not body:
             return None
         if out is None:
-            out = {**body, "hist": list(body["hist"])}
+            out, hist = dict(body), np.asarray(body["hist"], dtype=np.int64)
             continue
-        if (body["hist_lo_hu"], body["bin_hu"], len(body["hist"])) != (out["hist_lo_hu"], out["bin_hu"],
-                                                                        len(out["hist"])):
+        if (body["hist_lo_hu"], body["bin_hu"], len(body["hist"])) != (out["hist_lo_hu"], out["bin_hu"], hist.size):
             return None
         out["n_vox"] += body["n_vox"]
         out["sum_hu"] += body["sum_hu"]
         out["sumsq_hu"] += body["sumsq_hu"]
-        out["hist"] = [a + b for a, b in zip(out["hist"], body["hist"])]
+        hist += np.asarray(body["hist"], dtype=np.int64)
+    if out is not None:
+        out["hist"] = hist.tolist()
     return out
 
 
