@@ -1,9 +1,10 @@
 """The dataset manifest (format version 1): hashing, per-case records and their consolidation.
 
-A worker that finishes a case writes one small JSON *record* (``_cases/<case_id>.json``); a
-single writer later folds all records into the *manifest* kept in the dataset group's
-"pgl_dataset" attribute and in ``manifest.json``. This module builds records and manifests as
-plain dicts and hashes them; it does no I/O.
+A worker that finishes a case writes one small JSON *record* (``_cases/<case_id>.json``); the
+records are the truth about which cases are done. A single writer folds all records into the
+*manifest* kept in the dataset group's "pgl_dataset" attribute and in ``manifest.json``; that
+copy is a cache, checked against the records whenever the manifest is read. This module builds
+records and manifests as plain dicts and hashes them; it does no I/O.
 """
 
 from __future__ import annotations
@@ -58,6 +59,11 @@ def _manifest_entry(rec: dict[str, Any]) -> dict[str, Any]:
         keys = ("status", "shape_zyx", "spacing", "source_checksum", "plan_hash", "labelled")
         return {k: rec.get(k) for k in keys}
     return {"status": "failed", "reason": rec.get("reason", ""), "source": rec.get("source", "")}
+
+
+def manifest_cases(records: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The manifest's "cases" mapping (case id -> entry) of the given records."""
+    return {r["case_id"]: _manifest_entry(r) for r in sorted(records, key=lambda r: r["case_id"])}
 
 
 def pooled_stats(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
@@ -121,7 +127,7 @@ def build_manifest(
         "plan": plan,
         "plan_hash": p_hash,
         "label_names": {str(k): str(v) for k, v in label_names.items()},
-        "cases": {r["case_id"]: _manifest_entry(r) for r in recs},
+        "cases": manifest_cases(recs),
         "stats": pooled_stats(current),
         "updated": now_iso(),
     }

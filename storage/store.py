@@ -26,7 +26,7 @@ from zarr.storage import FsspecStore, LocalStore
 from storage import blobs, layout
 from storage.case_arrays import array_layout, write_array
 from storage.errors import StorageError
-from storage.manifest import (build_manifest, current_done, done_record, failed_record,
+from storage.manifest import (build_manifest, current_done, done_record, failed_record, manifest_cases,
                               manifest_hash as _manifest_hash, plan_hash)
 from storage.crop_reader import ChunkCropReader, open_crop_reader
 from storage.records import check_version, list_records, parse_record
@@ -155,19 +155,42 @@ class DatasetStore:
         group.attrs["pgl_dataset"] = manifest
         self._put_json(join_uri(self.uri, layout.MANIFEST_FILE), manifest)
 
-    def manifest(self) -> dict[str, Any]:
-        """The dataset manifest ("pgl_dataset" attribute) as last consolidated."""
+    def _stored_manifest(self) -> dict[str, Any]:
+        """The "pgl_dataset" attribute as last consolidated (its "cases" may be stale)."""
         attrs = self._group("r").attrs.asdict()
         if "pgl_dataset" not in attrs:
             raise StorageError(f"{self.uri} is not a PGL dataset (no 'pgl_dataset' attribute)")
         return dict(check_version(attrs["pgl_dataset"], self.uri))
+
+    def plan(self) -> dict[str, Any]:
+        """The dataset's preprocessing plan (one small read; no case records)."""
+        return dict(self._stored_manifest().get("plan") or {})
+
+    def label_names(self) -> dict[str, str]:
+        """The dataset's label names, {"0": "background", ...} (one small read; no case records)."""
+        return dict(self._stored_manifest().get("label_names") or {})
+
+    def manifest(self) -> dict[str, Any]:
+        """The dataset manifest ("pgl_dataset"), its cases as the ``_cases`` records say now.
+
+        The consolidated copy is returned when its cases agree with the records; when they do not
+        (a write since the last consolidation, or one killed half-way) the manifest is rebuilt
+        from the records, so no case is listed done unless its record is done. Cost: one listing
+        and one read of every record.
+        """
+        stored = self._stored_manifest()
+        records = self._records()
+        if stored.get("cases") == manifest_cases(records):
+            return stored
+        return build_manifest(self.dataset, stored.get("plan") or {}, stored.get("label_names") or {},
+                              records)
 
     def manifest_hash(self) -> str:
         """Hash of (plan_hash, done cases with source checksums); see storage.manifest."""
         return _manifest_hash(self.manifest())
 
     def done_cases(self) -> list[str]:
-        """Sorted ids of cases done with the current plan, per the consolidated manifest."""
+        """Sorted ids of cases done with the current plan, per their ``_cases`` records."""
         return current_done(self.manifest())
 
     def consolidate_manifest(self) -> dict[str, Any]:

@@ -258,9 +258,11 @@ def test_manifest_consolidation_done_and_failed(backend):
     store.write_case("a", image, label, case_attrs("sha256:a"), chunk_vox=CHUNK_VOX)
     store.write_case("b", image[:, :40], None, case_attrs("sha256:b"), chunk_vox=CHUNK_VOX)
     store.write_failure("c", "truncated pixel data", "/data/c.dcm")
-    assert store.done_cases() == []  # not consolidated yet
+    assert store.done_cases() == ["a", "b"]  # from the records, before any consolidation
+    stale = store.manifest()
     manifest = store.consolidate_manifest()
-    assert manifest == store.manifest()
+    assert manifest == store.manifest() and stale["cases"] == manifest["cases"]
+    assert stale["stats"] == manifest["stats"]
     assert store.done_cases() == ["a", "b"]
     assert manifest["cases"]["c"] == {"status": "failed", "reason": "truncated pixel data",
                                       "source": "/data/c.dcm"}
