@@ -126,6 +126,7 @@ def ingest_case(
                               time.perf_counter() - t0)
         checksum = sha256_files(list(uris), storage_options)
         if not force and store.is_done(source.case_id, checksum, plan.hash):
+            store.sweep_case(source.case_id)  # what a write killed before or after its record left
             return CaseResult(source.case_id, "skipped", "unchanged source and plan", src,
                               time.perf_counter() - t0)
         image, label, meta = _convert(source, plan, checksum, storage_options)

@@ -38,13 +38,14 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def done_record(case_attrs: dict[str, Any]) -> dict[str, Any]:
-    """The completion record of a written case, from its "pgl_case" attributes."""
+def done_record(case_attrs: dict[str, Any], generation: str) -> dict[str, Any]:
+    """The completion record of a case written as ``generation`` (the folder of its arrays), from
+    its "pgl_case" attributes."""
     keys = ("case_id", "shape_zyx", "spacing", "source_checksum", "plan_hash", "labelled",
             "stats", "label_counts")
     rec = {k: case_attrs[k] for k in keys}
     rec["source"] = case_attrs.get("source", "")  # the input it came from (relative to the input root)
-    rec.update(format_version=FORMAT_VERSION, status="done", written=now_iso())
+    rec.update(format_version=FORMAT_VERSION, status="done", generation=generation, written=now_iso())
     return rec
 
 
@@ -57,7 +58,10 @@ def failed_record(case_id: str, reason: str, source: str) -> dict[str, Any]:
 def _manifest_entry(rec: dict[str, Any]) -> dict[str, Any]:
     if rec.get("status") == "done":
         keys = ("status", "shape_zyx", "spacing", "source_checksum", "plan_hash", "labelled")
-        return {k: rec.get(k) for k in keys}
+        entry = {k: rec.get(k) for k in keys}
+        if "generation" in rec:  # format version 1 records name none
+            entry["generation"] = rec["generation"]
+        return entry
     return {"status": "failed", "reason": rec.get("reason", ""), "source": rec.get("source", "")}
 
 

@@ -16,9 +16,9 @@ from storage.errors import StorageError
 def check_version(obj: dict[str, Any], where: str) -> dict[str, Any]:
     """``obj`` if its "format_version" is one this code reads; StorageError naming ``where`` else."""
     version = obj.get("format_version")
-    if version != layout.FORMAT_VERSION:
+    if version not in layout.READABLE_VERSIONS:
         raise StorageError(f"{where}: store format_version {version!r} is not supported "
-                           f"(this code reads version {layout.FORMAT_VERSION})")
+                           f"(this code reads versions {list(layout.READABLE_VERSIONS)})")
     return obj
 
 

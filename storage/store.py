@@ -1,9 +1,11 @@
-"""The chunked dataset store: one Zarr v3 group per dataset, one sub-group per case.
+"""The chunked dataset store: one Zarr v3 group per dataset, one sub-group per case write.
 
-:class:`DatasetStore` owns writing cases atomically (arrays first, the ``_cases/<id>.json``
-record last), the completion test used to resume ingest, folding records into the manifest,
-and cheap random crops for training. The layout itself (format version 1) is defined in
-``storage/layout.py`` and documented in ``docs/store-layout.md``.
+:class:`DatasetStore` owns writing cases atomically (arrays first, into a fresh generation
+folder; the ``_cases/<id>.json`` record naming that generation last, then the old generation is
+removed), the completion test used to resume ingest, the manifest (derived from the records, the
+only truth about what is done) and cheap random crops for training. The layout itself (format
+version 2; version 1 is still read) is defined in ``storage/layout.py`` and documented in
+``docs/store-layout.md``.
 
 Arrays are (z, y, x): ``image`` int16 HU, ``label`` uint8. The same code serves a local
 directory (zarr ``LocalStore``) and S3 (zarr ``FsspecStore`` over s3fs); on object stores the
@@ -23,7 +25,7 @@ import numpy as np
 import zarr
 from zarr.storage import FsspecStore, LocalStore
 
-from storage import blobs, layout
+from storage import blobs, generations, layout
 from storage.case_arrays import array_layout, write_array
 from storage.errors import StorageError
 from storage.manifest import (build_manifest, current_done, done_record, failed_record, manifest_cases,
@@ -69,6 +71,7 @@ class DatasetStore:
         self._fs_pair: Any = None
         self._arrays: OrderedDict[tuple[str, str], Any] = OrderedDict()
         self._attrs: OrderedDict[str, dict] = OrderedDict()
+        self._nodes: OrderedDict[str, str] = OrderedDict()  # case id -> group its done record names
         self._lock = threading.Lock()
 
     def __getstate__(self) -> dict[str, Any]:
@@ -109,6 +112,7 @@ class DatasetStore:
     def _invalidate(self, case_id: str) -> None:
         with self._lock:
             self._attrs.pop(case_id, None)
+            self._nodes.pop(case_id, None)
             for name in layout.ARRAYS:
                 self._arrays.pop((case_id, name), None)
 
@@ -180,6 +184,7 @@ class DatasetStore:
         """
         stored = self._stored_manifest()
         records = self._records()
+        self._remember_nodes(records)
         if stored.get("cases") == manifest_cases(records):
             return stored
         return build_manifest(self.dataset, stored.get("plan") or {}, stored.get("label_names") or {},
@@ -208,6 +213,12 @@ class DatasetStore:
         fs, path = self._fs
         return list_records(fs, f"{path}/{layout.CASES_DIR}")
 
+    def _remember_nodes(self, records: list[dict[str, Any]]) -> None:
+        """Note where the done cases' arrays are, so reads need not fetch each record again."""
+        with self._lock:  # the cache is trimmed to cache_size on its next miss
+            self._nodes.update((r["case_id"], layout.case_node(r["case_id"], r.get("generation")))
+                               for r in records if r.get("status") == "done")
+
     def _put_json(self, uri: str, obj: Any) -> None:
         data = json.dumps(obj, indent=1, sort_keys=True, allow_nan=False).encode()
         blobs.put_bytes_atomic(uri, data, self.storage_options)
@@ -233,9 +244,21 @@ class DatasetStore:
                     and rec.get("plan_hash") == plan_hash)
 
     def write_failure(self, case_id: str, reason: str, source: str) -> None:
-        """Record that ``case_id`` (from ``source``) could not be written, and why."""
-        self._put_json(self._record_uri(case_id), failed_record(case_id, reason, source))
+        """Record that ``case_id`` (from ``source``) could not be written, and why; its arrays go."""
+        record = failed_record(case_id, reason, source)
+        self._put_json(self._record_uri(case_id), record)
         self._invalidate(case_id)
+        self._tidy(case_id, record)
+
+    def sweep_case(self, case_id: str) -> None:
+        """Remove what the case's record does not name: generations of writes killed before their
+        record, the generation a crash left behind after the record moved on (ingest calls this for
+        cases it skips, so a rerun cleans up)."""
+        self._tidy(case_id, self.case_record(case_id))
+
+    def _tidy(self, case_id: str, record: dict[str, Any] | None, names: list[str] | None = None) -> None:
+        fs, base = self._fs
+        generations.tidy(fs, self.zstore, base, layout.check_case_id(case_id), record, names)
 
     # --- writing -----------------------------------------------------------------------
     def write_case(self, case_id: str, image: np.ndarray, label: np.ndarray | None,
@@ -245,35 +268,70 @@ class DatasetStore:
 
         ``image``: int16 HU ``(z, y, x)``; ``label``: uint8 ``(z, y, x)`` or None. ``attrs``:
         spacing / origin (x, y, z mm), direction (9), source_checksum, plan_hash, optionally
-        original_spacing / original_size. Order: old record removed, case group replaced,
-        arrays written (all-fill chunks skipped), record written last. ``shard_vox=None``
-        shards only on object stores (default (128, 256, 256)).
+        original_spacing / original_size. Order: a new generation group ``<case>/g<n>`` with the
+        arrays (all-fill chunks skipped); then the record naming it, in one atomic put (readers
+        switch to the new arrays there; until then the old record and its arrays stay intact);
+        then the old generation and any leftovers are removed. ``shard_vox=None`` shards only on
+        object stores (default (128, 256, 256)).
         """
         layout.check_case_id(case_id)
         layout.validate_arrays(case_id, image, label)
         counts = layout.label_counts(label) if label is not None else None
         case_attrs = layout.case_attributes(case_id, attrs, image.shape, layout.image_stats(image), counts)
-        self._invalidate(case_id)
-        blobs.delete_uri(self._record_uri(case_id), self.storage_options)
-        group = zarr.open_group(self.zstore, path=case_id, mode="w", zarr_format=3,
-                                attributes={"pgl_case": case_attrs})
+        fs, base = self._fs
+        names = generations.children(fs, f"{base}/{case_id}")
+        generation = generations.next_generation(names, (self.case_record(case_id) or {}).get("generation"))
+        group = zarr.open_group(self.zstore, path=layout.case_node(case_id, generation), mode="w",
+                                zarr_format=3, attributes={"pgl_case": case_attrs})
         chunks, shards = array_layout(image.shape, chunk_vox, shard_vox, is_object_store(self.uri))
         for name, data in (("image", image), ("label", label)):
             if data is not None:
                 write_array(group, name, data, chunks, shards, zstd_level)
-        record = done_record(case_attrs)
+        record = done_record(case_attrs, generation)
         self._put_json(self._record_uri(case_id), record)
+        self._invalidate(case_id)
+        self._tidy(case_id, record, names)
         return record
 
     # --- reading -----------------------------------------------------------------------
+    def case_path(self, case_id: str) -> str:
+        """Path inside the dataset of the zarr group with the case's arrays, as its done record
+        names it (``<case>/g<n>``; ``<case>`` for a version 1 case). StorageError when the case
+        is not done: a case whose record is not complete is never read."""
+        def load() -> str:
+            rec = self.case_record(case_id)
+            if rec is None or rec.get("status") != "done":
+                state = "has no record" if rec is None else f"is recorded as {rec.get('status')!r}"
+                raise StorageError(f"case {case_id!r} in {self.uri} {state}: it is not done")
+            return layout.case_node(case_id, rec.get("generation"))
+        self._fresh()
+        return self._lru_get(self._nodes, layout.check_case_id(case_id), load)
+
+    def _at_case(self, case_id: str, read: Any) -> Any:
+        """``read(case_path)``; if the path vanished (a rewrite replaced the generation since it was
+        looked up) the record is read again and the new generation tried once."""
+        node = self.case_path(case_id)
+        try:
+            return read(node)
+        except FileNotFoundError:
+            with self._lock:
+                self._nodes.pop(case_id, None)
+            fresh = self.case_path(case_id)
+            if fresh == node:
+                raise
+            return read(fresh)
+
     def case_attrs(self, case_id: str) -> dict[str, Any]:
         """The case's "pgl_case" attributes (geometry, stats, checksums); cached."""
+        def at(node: str) -> dict:
+            return zarr.open_group(self.zstore, path=node, mode="r").attrs.asdict()
+
         def load() -> dict:
             try:
-                group = zarr.open_group(self.zstore, path=layout.check_case_id(case_id), mode="r")
+                attrs = self._at_case(case_id, at).get("pgl_case")
             except FileNotFoundError as exc:
-                raise StorageError(f"case {case_id!r} not found in {self.uri}") from exc
-            attrs = group.attrs.asdict().get("pgl_case")
+                raise StorageError(f"case {case_id!r}: group {self.case_path(case_id)!r} is missing "
+                                   f"in {self.uri}") from exc
             if attrs is None:
                 raise StorageError(f"case {case_id!r} in {self.uri} has no 'pgl_case' attributes")
             return check_version(attrs, f"case {case_id!r} in {self.uri}")
@@ -284,16 +342,19 @@ class DatasetStore:
         """(zarr array, fast crop reader or None) for the case's ``array``; LRU-cached."""
         layout.check_array_name(array)
 
-        def load() -> tuple[zarr.Array, ChunkCropReader | None]:
-            path = f"{layout.check_case_id(case_id)}/{array}"
-            try:
-                arr = zarr.open_array(self.zstore, path=path, mode="r", zarr_format=3)
-            except FileNotFoundError as exc:
-                raise StorageError(f"case {case_id!r} has no {array!r} array in {self.uri}") from exc
+        def at(node: str) -> tuple[zarr.Array, ChunkCropReader | None]:
+            arr = zarr.open_array(self.zstore, path=f"{node}/{array}", mode="r", zarr_format=3)
             fs, base = self._fs
-            reader = open_crop_reader(fs, f"{base}/{path}", arr.metadata.to_dict(), arr.shape,
+            reader = open_crop_reader(fs, f"{base}/{node}/{array}", arr.metadata.to_dict(), arr.shape,
                                       arr.dtype, layout.FILL_VALUE[array])
             return arr, reader
+
+        def load() -> tuple[zarr.Array, ChunkCropReader | None]:
+            try:
+                return self._at_case(case_id, at)
+            except FileNotFoundError as exc:
+                raise StorageError(f"case {case_id!r} has no {array!r} array in {self.uri} "
+                                   f"(looked in {self.case_path(case_id)!r})") from exc
         self._fresh()
         return self._lru_get(self._arrays, (case_id, array), load)
 
