@@ -124,11 +124,12 @@ def ingest_case(
                               time.perf_counter() - t0)
         checksum = sha256_files(list(uris), storage_options)
         if not force and store.is_done(source.case_id, checksum, plan.hash):
+            store.sweep_case(source.case_id)  # what a write killed before or after its record left
             return CaseResult(source.case_id, "skipped", "unchanged source and plan", src,
                               time.perf_counter() - t0)
         image, label, meta = _convert(source, plan, checksum, storage_options)
         if label is not None:
-            check_declared_labels(label, store.manifest().get("label_names") or {}, source.label_uri or src)
+            check_declared_labels(label, store.label_names(), source.label_uri or src)
         store.write_case(source.case_id, image.array, label, _with_source(_case_attrs(image, meta, checksum, plan),
                                                                           source),
                          chunk_vox=plan.chunk_vox, shard_vox=plan.shard_vox, zstd_level=plan.zstd_level)
@@ -166,7 +167,7 @@ def choose_plan(ds: DatasetStore, cases: list[CaseSource], request: PlanRequest,
     """The dataset's plan: the one its manifest holds (a request for another spacing is refused),
     else ``request`` with the spacing decided (the median over the cases' headers when not given;
     spacings outside ``request.spacing_range_mm`` are left out: those cases will be refused)."""
-    existing = ds.manifest().get("plan") if ds.exists() else None
+    existing = ds.plan() if ds.exists() else None
     if existing:
         plan = Plan.from_dict(existing)
         if request.target_spacing_mm and tuple(request.target_spacing_mm) != plan.target_spacing_mm:

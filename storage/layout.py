@@ -1,13 +1,17 @@
-"""The dataset store layout, format version 1: names, array encodings and per-case attributes.
+"""The dataset store layout, format version 2: names, array encodings and per-case attributes.
 
 This module owns the on-disk contract described in ``docs/store-layout.md``:
 
-    <root>/<dataset>/                 Zarr v3 group, attribute "pgl_dataset" (the manifest)
-    <root>/<dataset>/manifest.json    the same manifest as plain JSON
-    <root>/<dataset>/_cases/<id>.json completion record, written last (done or failed)
-    <root>/<dataset>/<id>/            Zarr v3 group, attribute "pgl_case"
-    <root>/<dataset>/<id>/image       int16 HU, (z, y, x), fill -1024
-    <root>/<dataset>/<id>/label       uint8 class ids, (z, y, x), fill 0 (labelled cases only)
+    <root>/<dataset>/                     Zarr v3 group, attribute "pgl_dataset" (the manifest)
+    <root>/<dataset>/manifest.json        the same manifest as plain JSON
+    <root>/<dataset>/_cases/<id>.json     completion record, written last (done or failed); a done
+                                          record names the generation it completed
+    <root>/<dataset>/<id>/<gen>/          Zarr v3 group, attribute "pgl_case" (gen: g1, g2, ...)
+    <root>/<dataset>/<id>/<gen>/image     int16 HU, (z, y, x), fill -1024
+    <root>/<dataset>/<id>/<gen>/label     uint8 class ids, (z, y, x), fill 0 (labelled cases only)
+
+Version 1 stores (still read) kept the group and arrays directly in ``<id>/``; their records
+name no generation.
 
 It also computes the per-case statistics stored in the attributes. No I/O happens here.
 """
@@ -22,7 +26,8 @@ import numpy as np
 
 from storage.errors import InputError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # version 1: arrays directly in <case>/, records without "generation"
 CASES_DIR = "_cases"
 MANIFEST_FILE = "manifest.json"
 ARRAYS = ("image", "label")
@@ -41,6 +46,7 @@ BODY_STRIDE = 2
 BODY_BIN_HU = 4
 BODY_HIST_LO_HU, BODY_HIST_HI_HU = -1024, 3072
 
+_GENERATION_RE = re.compile(r"^g([0-9]{1,12})$")
 _CASE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 # Header fields that identify a patient; refused in case attributes whatever their spelling.
 _FORBIDDEN_ATTR_KEYS = {
@@ -73,6 +79,28 @@ def check_dataset_name(name: str) -> str:
         return check_case_id(name, "dataset name")
     except ValueError as err:
         raise InputError(str(err)) from None
+
+
+def generation_name(number: int) -> str:
+    """The folder name of a case's ``number``-th write: ``g<number>``."""
+    return f"g{int(number)}"
+
+
+def generation_number(name: str) -> int | None:
+    """``n`` for a generation folder name ``g<n>``, None for any other name."""
+    found = _GENERATION_RE.match(name)
+    return int(found.group(1)) if found else None
+
+
+def case_node(case_id: str, generation: str | None) -> str:
+    """Path (inside the dataset) of the zarr group holding a case's arrays: ``<case>/<generation>``,
+    or ``<case>`` for a version 1 case (no generation)."""
+    check_case_id(case_id)
+    if generation is None:
+        return case_id
+    if generation_number(generation) is None:
+        raise ValueError(f"case {case_id}: invalid generation {generation!r} (expected g<number>)")
+    return f"{case_id}/{generation}"
 
 
 def check_array_name(array: str) -> str:

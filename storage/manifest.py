@@ -1,9 +1,10 @@
 """The dataset manifest (format version 1): hashing, per-case records and their consolidation.
 
-A worker that finishes a case writes one small JSON *record* (``_cases/<case_id>.json``); a
-single writer later folds all records into the *manifest* kept in the dataset group's
-"pgl_dataset" attribute and in ``manifest.json``. This module builds records and manifests as
-plain dicts and hashes them; it does no I/O.
+A worker that finishes a case writes one small JSON *record* (``_cases/<case_id>.json``); the
+records are the truth about which cases are done. A single writer folds all records into the
+*manifest* kept in the dataset group's "pgl_dataset" attribute and in ``manifest.json``; that
+copy is a cache, checked against the records whenever the manifest is read. This module builds
+records and manifests as plain dicts and hashes them; it does no I/O.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import json
 import math
 from datetime import datetime, timezone
 from typing import Any, Iterable
+
+import numpy as np
 
 from storage.layout import FORMAT_VERSION, STATS_CLIP_HU
 
@@ -35,13 +38,14 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def done_record(case_attrs: dict[str, Any]) -> dict[str, Any]:
-    """The completion record of a written case, from its "pgl_case" attributes."""
+def done_record(case_attrs: dict[str, Any], generation: str) -> dict[str, Any]:
+    """The completion record of a case written as ``generation`` (the folder of its arrays), from
+    its "pgl_case" attributes."""
     keys = ("case_id", "shape_zyx", "spacing", "source_checksum", "plan_hash", "labelled",
             "stats", "label_counts")
     rec = {k: case_attrs[k] for k in keys}
     rec["source"] = case_attrs.get("source", "")  # the input it came from (relative to the input root)
-    rec.update(format_version=FORMAT_VERSION, status="done", written=now_iso())
+    rec.update(format_version=FORMAT_VERSION, status="done", generation=generation, written=now_iso())
     return rec
 
 
@@ -54,8 +58,16 @@ def failed_record(case_id: str, reason: str, source: str) -> dict[str, Any]:
 def _manifest_entry(rec: dict[str, Any]) -> dict[str, Any]:
     if rec.get("status") == "done":
         keys = ("status", "shape_zyx", "spacing", "source_checksum", "plan_hash", "labelled")
-        return {k: rec.get(k) for k in keys}
+        entry = {k: rec.get(k) for k in keys}
+        if "generation" in rec:  # format version 1 records name none
+            entry["generation"] = rec["generation"]
+        return entry
     return {"status": "failed", "reason": rec.get("reason", ""), "source": rec.get("source", "")}
+
+
+def manifest_cases(records: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The manifest's "cases" mapping (case id -> entry) of the given records."""
+    return {r["case_id"]: _manifest_entry(r) for r in sorted(records, key=lambda r: r["case_id"])}
 
 
 def pooled_stats(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
@@ -84,19 +96,21 @@ def pool_body_stats(bodies: Iterable[dict[str, Any] | None]) -> dict[str, Any] |
     """Sum of several :func:`storage.layout.body_stats` (cases or datasets); None when any lacks
     them (a store written before body statistics existed) or none is given."""
     out: dict[str, Any] | None = None
+    hist = np.zeros(0, dtype=np.int64)
     for body in bodies:
         if not body:
             return None
         if out is None:
-            out = {**body, "hist": list(body["hist"])}
+            out, hist = dict(body), np.asarray(body["hist"], dtype=np.int64)
             continue
-        if (body["hist_lo_hu"], body["bin_hu"], len(body["hist"])) != (out["hist_lo_hu"], out["bin_hu"],
-                                                                        len(out["hist"])):
+        if (body["hist_lo_hu"], body["bin_hu"], len(body["hist"])) != (out["hist_lo_hu"], out["bin_hu"], hist.size):
             return None
         out["n_vox"] += body["n_vox"]
         out["sum_hu"] += body["sum_hu"]
         out["sumsq_hu"] += body["sumsq_hu"]
-        out["hist"] = [a + b for a, b in zip(out["hist"], body["hist"])]
+        hist += np.asarray(body["hist"], dtype=np.int64)
+    if out is not None:
+        out["hist"] = hist.tolist()
     return out
 
 
@@ -117,7 +131,7 @@ def build_manifest(
         "plan": plan,
         "plan_hash": p_hash,
         "label_names": {str(k): str(v) for k, v in label_names.items()},
-        "cases": {r["case_id"]: _manifest_entry(r) for r in recs},
+        "cases": manifest_cases(recs),
         "stats": pooled_stats(current),
         "updated": now_iso(),
     }

@@ -1,9 +1,11 @@
-"""The chunked dataset store: one Zarr v3 group per dataset, one sub-group per case.
+"""The chunked dataset store: one Zarr v3 group per dataset, one sub-group per case write.
 
-:class:`DatasetStore` owns writing cases atomically (arrays first, the ``_cases/<id>.json``
-record last), the completion test used to resume ingest, folding records into the manifest,
-and cheap random crops for training. The layout itself (format version 1) is defined in
-``storage/layout.py`` and documented in ``docs/store-layout.md``.
+:class:`DatasetStore` owns writing cases atomically (arrays first, into a fresh generation
+folder; the ``_cases/<id>.json`` record naming that generation last, then the old generation is
+removed), the completion test used to resume ingest, the manifest (derived from the records, the
+only truth about what is done) and cheap random crops for training. The layout itself (format
+version 2; version 1 is still read) is defined in ``storage/layout.py`` and documented in
+``docs/store-layout.md``.
 
 Arrays are (z, y, x): ``image`` int16 HU, ``label`` uint8. The same code serves a local
 directory (zarr ``LocalStore``) and S3 (zarr ``FsspecStore`` over s3fs); on object stores the
@@ -21,19 +23,19 @@ from typing import Any
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec
 from zarr.storage import FsspecStore, LocalStore
 
-from storage import blobs, layout
-from storage.errors import DatasetNotFound, InputError, StorageError
-from storage.manifest import (build_manifest, current_done, done_record, failed_record,
+from storage import blobs, generations, layout
+from storage.case_arrays import array_layout, write_array
+from storage.errors import DatasetNotFound, StorageError
+from storage.manifest import (build_manifest, current_done, done_record, failed_record, manifest_cases,
                               manifest_hash as _manifest_hash, plan_hash)
 from storage.crop_reader import ChunkCropReader, open_crop_reader
+from storage.store_root import list_datasets
+from storage.records import check_version, list_records, parse_record
 from storage.uri import is_local, is_object_store, join_uri, local_path, open_fs, resolve_options
 
 __all__ = ["DatasetStore", "list_datasets", "plan_hash"]
-
-_DIMS = ("z", "y", "x")
 
 
 def open_zarr_store(uri: str, storage_options: dict | None = None) -> zarr.abc.store.Store:
@@ -41,21 +43,6 @@ def open_zarr_store(uri: str, storage_options: dict | None = None) -> zarr.abc.s
     if is_local(uri):
         return LocalStore(local_path(uri))
     return FsspecStore.from_url(uri, storage_options=resolve_options(uri, storage_options))
-
-
-def _check_version(obj: dict[str, Any], where: str) -> dict[str, Any]:
-    version = obj.get("format_version")
-    if version != layout.FORMAT_VERSION:
-        raise StorageError(f"{where}: store format_version {version!r} is not supported "
-                           f"(this code reads version {layout.FORMAT_VERSION})")
-    return obj
-
-
-def _compressor(dtype: np.dtype, zstd_level: int) -> BloscCodec:
-    """zstd inside Blosc with byte shuffle: measured ~3x faster to encode than plain zstd level 3
-    on CT, 20 % smaller, and faster to decode (int16 HU: the high bytes compress apart)."""
-    return BloscCodec(cname="zstd", clevel=int(zstd_level), shuffle="shuffle",
-                      typesize=int(np.dtype(dtype).itemsize))
 
 
 class DatasetStore:
@@ -85,6 +72,7 @@ class DatasetStore:
         self._fs_pair: Any = None
         self._arrays: OrderedDict[tuple[str, str], Any] = OrderedDict()
         self._attrs: OrderedDict[str, dict] = OrderedDict()
+        self._nodes: OrderedDict[str, str] = OrderedDict()  # case id -> group its done record names
         self._lock = threading.Lock()
 
     def __getstate__(self) -> dict[str, Any]:
@@ -125,6 +113,7 @@ class DatasetStore:
     def _invalidate(self, case_id: str) -> None:
         with self._lock:
             self._attrs.pop(case_id, None)
+            self._nodes.pop(case_id, None)
             for name in layout.ARRAYS:
                 self._arrays.pop((case_id, name), None)
 
@@ -184,19 +173,43 @@ class DatasetStore:
         group.attrs["pgl_dataset"] = manifest
         self._put_json(join_uri(self.uri, layout.MANIFEST_FILE), manifest)
 
-    def manifest(self) -> dict[str, Any]:
-        """The dataset manifest ("pgl_dataset" attribute) as last consolidated."""
+    def _stored_manifest(self) -> dict[str, Any]:
+        """The "pgl_dataset" attribute as last consolidated (its "cases" may be stale)."""
         attrs = self._group("r").attrs.asdict()
         if "pgl_dataset" not in attrs:
             raise StorageError(f"{self.uri} is not a PGL dataset (no 'pgl_dataset' attribute)")
-        return dict(_check_version(attrs["pgl_dataset"], self.uri))
+        return dict(check_version(attrs["pgl_dataset"], self.uri))
+
+    def plan(self) -> dict[str, Any]:
+        """The dataset's preprocessing plan (one small read; no case records)."""
+        return dict(self._stored_manifest().get("plan") or {})
+
+    def label_names(self) -> dict[str, str]:
+        """The dataset's label names, {"0": "background", ...} (one small read; no case records)."""
+        return dict(self._stored_manifest().get("label_names") or {})
+
+    def manifest(self) -> dict[str, Any]:
+        """The dataset manifest ("pgl_dataset"), its cases as the ``_cases`` records say now.
+
+        The consolidated copy is returned when its cases agree with the records; when they do not
+        (a write since the last consolidation, or one killed half-way) the manifest is rebuilt
+        from the records, so no case is listed done unless its record is done. Cost: one listing
+        and one read of every record.
+        """
+        stored = self._stored_manifest()
+        records = self._records()
+        self._remember_nodes(records)
+        if stored.get("cases") == manifest_cases(records):
+            return stored
+        return build_manifest(self.dataset, stored.get("plan") or {}, stored.get("label_names") or {},
+                              records)
 
     def manifest_hash(self) -> str:
         """Hash of (plan_hash, done cases with source checksums); see storage.manifest."""
         return _manifest_hash(self.manifest())
 
     def done_cases(self) -> list[str]:
-        """Sorted ids of cases done with the current plan, per the consolidated manifest."""
+        """Sorted ids of cases done with the current plan, per their ``_cases`` records."""
         return current_done(self.manifest())
 
     def consolidate_manifest(self) -> dict[str, Any]:
@@ -212,22 +225,13 @@ class DatasetStore:
 
     def _records(self) -> list[dict[str, Any]]:
         fs, path = self._fs
-        folder = f"{path}/{layout.CASES_DIR}"
-        fs.invalidate_cache(folder)
-        try:
-            names = [p for p in fs.ls(folder, detail=False) if p.endswith(".json")
-                     and not p.rsplit("/", 1)[-1].startswith(".")]
-        except FileNotFoundError:
-            return []
-        out = []
-        if not names:
-            return []
-        for p, data in sorted(fs.cat(names, on_error="raise").items()):
-            try:
-                out.append(json.loads(data))
-            except ValueError as exc:
-                raise StorageError(f"corrupt case record {p}: {exc}") from exc
-        return out
+        return list_records(fs, f"{path}/{layout.CASES_DIR}")
+
+    def _remember_nodes(self, records: list[dict[str, Any]]) -> None:
+        """Note where the done cases' arrays are, so reads need not fetch each record again."""
+        with self._lock:  # the cache is trimmed to cache_size on its next miss
+            self._nodes.update((r["case_id"], layout.case_node(r["case_id"], r.get("generation")))
+                               for r in records if r.get("status") == "done")
 
     def _put_json(self, uri: str, obj: Any) -> None:
         data = json.dumps(obj, indent=1, sort_keys=True, allow_nan=False).encode()
@@ -239,11 +243,12 @@ class DatasetStore:
     # --- case records ------------------------------------------------------------------
     def case_record(self, case_id: str) -> dict[str, Any] | None:
         """The case's ``_cases`` record (status "done" or "failed"), or None."""
+        uri = self._record_uri(case_id)
         try:
-            data = blobs.get_bytes(self._record_uri(case_id), self.storage_options)
+            data = blobs.get_bytes(uri, self.storage_options)
         except FileNotFoundError:
             return None
-        return json.loads(data)
+        return parse_record(data, uri)
 
     def is_done(self, case_id: str, source_checksum: str, plan_hash: str) -> bool:
         """True when the case was completely written from this source with this plan."""
@@ -253,21 +258,23 @@ class DatasetStore:
                     and rec.get("plan_hash") == plan_hash)
 
     def write_failure(self, case_id: str, reason: str, source: str) -> None:
-        """Record that ``case_id`` (from ``source``) could not be written, and why."""
-        self._put_json(self._record_uri(case_id), failed_record(case_id, reason, source))
+        """Record that ``case_id`` (from ``source``) could not be written, and why; its arrays go."""
+        record = failed_record(case_id, reason, source)
+        self._put_json(self._record_uri(case_id), record)
         self._invalidate(case_id)
+        self._tidy(case_id, record)
+
+    def sweep_case(self, case_id: str) -> None:
+        """Remove what the case's record does not name: generations of writes killed before their
+        record, the generation a crash left behind after the record moved on (ingest calls this for
+        cases it skips, so a rerun cleans up)."""
+        self._tidy(case_id, self.case_record(case_id))
+
+    def _tidy(self, case_id: str, record: dict[str, Any] | None, names: list[str] | None = None) -> None:
+        fs, base = self._fs
+        generations.tidy(fs, self.zstore, base, layout.check_case_id(case_id), record, names)
 
     # --- writing -----------------------------------------------------------------------
-    def _array_layout(self, shape: tuple[int, ...], chunk_vox: tuple[int, ...],
-                      shard_vox: tuple[int, ...] | None) -> tuple[tuple, tuple | None]:
-        chunks = layout.chunk_shape(shape, chunk_vox)
-        if shard_vox is None and is_object_store(self.uri):
-            shard_vox = layout.DEFAULT_SHARD_VOX
-        shards = layout.shard_shape(shape, chunks, shard_vox) if shard_vox else None
-        if shards == chunks:
-            shards = None
-        return chunks, shards
-
     def write_case(self, case_id: str, image: np.ndarray, label: np.ndarray | None,
                    attrs: dict[str, Any], chunk_vox: tuple[int, int, int] = layout.DEFAULT_CHUNK_VOX,
                    shard_vox: tuple[int, int, int] | None = None, zstd_level: int = 1) -> dict[str, Any]:
@@ -275,47 +282,73 @@ class DatasetStore:
 
         ``image``: int16 HU ``(z, y, x)``; ``label``: uint8 ``(z, y, x)`` or None. ``attrs``:
         spacing / origin (x, y, z mm), direction (9), source_checksum, plan_hash, optionally
-        original_spacing / original_size. Order: old record removed, case group replaced,
-        arrays written (all-fill chunks skipped), record written last. ``shard_vox=None``
-        shards only on object stores (default (128, 256, 256)).
+        original_spacing / original_size. Order: a new generation group ``<case>/g<n>`` with the
+        arrays (all-fill chunks skipped); then the record naming it, in one atomic put (readers
+        switch to the new arrays there; until then the old record and its arrays stay intact);
+        then the old generation and any leftovers are removed. ``shard_vox=None`` shards only on
+        object stores (default (128, 256, 256)).
         """
         layout.check_case_id(case_id)
         layout.validate_arrays(case_id, image, label)
         counts = layout.label_counts(label) if label is not None else None
         case_attrs = layout.case_attributes(case_id, attrs, image.shape, layout.image_stats(image), counts)
-        self._invalidate(case_id)
-        blobs.delete_uri(self._record_uri(case_id), self.storage_options)
-        group = zarr.open_group(self.zstore, path=case_id, mode="w", zarr_format=3,
-                                attributes={"pgl_case": case_attrs})
-        chunks, shards = self._array_layout(image.shape, chunk_vox, shard_vox)
+        fs, base = self._fs
+        names = generations.children(fs, f"{base}/{case_id}")
+        generation = generations.next_generation(names, (self.case_record(case_id) or {}).get("generation"))
+        group = zarr.open_group(self.zstore, path=layout.case_node(case_id, generation), mode="w",
+                                zarr_format=3, attributes={"pgl_case": case_attrs})
+        chunks, shards = array_layout(image.shape, chunk_vox, shard_vox, is_object_store(self.uri))
         for name, data in (("image", image), ("label", label)):
             if data is not None:
-                self._write_array(group, name, data, chunks, shards, zstd_level)
-        record = done_record(case_attrs)
+                write_array(group, name, data, chunks, shards, zstd_level)
+        record = done_record(case_attrs, generation)
         self._put_json(self._record_uri(case_id), record)
+        self._invalidate(case_id)
+        self._tidy(case_id, record, names)
         return record
 
-    @staticmethod
-    def _write_array(group: zarr.Group, name: str, data: np.ndarray, chunks: tuple,
-                     shards: tuple | None, zstd_level: int) -> None:
-        arr = group.create_array(
-            name, shape=data.shape, dtype=data.dtype, chunks=chunks, shards=shards,
-            compressors=_compressor(data.dtype, zstd_level), fill_value=layout.FILL_VALUE[name],
-            dimension_names=_DIMS, config={"write_empty_chunks": False})
-        arr[...] = np.ascontiguousarray(data)
-
     # --- reading -----------------------------------------------------------------------
+    def case_path(self, case_id: str) -> str:
+        """Path inside the dataset of the zarr group with the case's arrays, as its done record
+        names it (``<case>/g<n>``; ``<case>`` for a version 1 case). StorageError when the case
+        is not done: a case whose record is not complete is never read."""
+        def load() -> str:
+            rec = self.case_record(case_id)
+            if rec is None or rec.get("status") != "done":
+                state = "has no record" if rec is None else f"is recorded as {rec.get('status')!r}"
+                raise StorageError(f"case {case_id!r} in {self.uri} {state}: it is not done")
+            return layout.case_node(case_id, rec.get("generation"))
+        self._fresh()
+        return self._lru_get(self._nodes, layout.check_case_id(case_id), load)
+
+    def _at_case(self, case_id: str, read: Any) -> Any:
+        """``read(case_path)``; if the path vanished (a rewrite replaced the generation since it was
+        looked up) the record is read again and the new generation tried once."""
+        node = self.case_path(case_id)
+        try:
+            return read(node)
+        except FileNotFoundError:
+            with self._lock:
+                self._nodes.pop(case_id, None)
+            fresh = self.case_path(case_id)
+            if fresh == node:
+                raise
+            return read(fresh)
+
     def case_attrs(self, case_id: str) -> dict[str, Any]:
         """The case's "pgl_case" attributes (geometry, stats, checksums); cached."""
+        def at(node: str) -> dict:
+            return zarr.open_group(self.zstore, path=node, mode="r").attrs.asdict()
+
         def load() -> dict:
             try:
-                group = zarr.open_group(self.zstore, path=layout.check_case_id(case_id), mode="r")
+                attrs = self._at_case(case_id, at).get("pgl_case")
             except FileNotFoundError as exc:
-                raise StorageError(f"case {case_id!r} not found in {self.uri}") from exc
-            attrs = group.attrs.asdict().get("pgl_case")
+                raise StorageError(f"case {case_id!r}: group {self.case_path(case_id)!r} is missing "
+                                   f"in {self.uri}") from exc
             if attrs is None:
                 raise StorageError(f"case {case_id!r} in {self.uri} has no 'pgl_case' attributes")
-            return _check_version(attrs, f"case {case_id!r} in {self.uri}")
+            return check_version(attrs, f"case {case_id!r} in {self.uri}")
         self._fresh()
         return dict(self._lru_get(self._attrs, case_id, load))
 
@@ -323,16 +356,19 @@ class DatasetStore:
         """(zarr array, fast crop reader or None) for the case's ``array``; LRU-cached."""
         layout.check_array_name(array)
 
-        def load() -> tuple[zarr.Array, ChunkCropReader | None]:
-            path = f"{layout.check_case_id(case_id)}/{array}"
-            try:
-                arr = zarr.open_array(self.zstore, path=path, mode="r", zarr_format=3)
-            except FileNotFoundError as exc:
-                raise StorageError(f"case {case_id!r} has no {array!r} array in {self.uri}") from exc
+        def at(node: str) -> tuple[zarr.Array, ChunkCropReader | None]:
+            arr = zarr.open_array(self.zstore, path=f"{node}/{array}", mode="r", zarr_format=3)
             fs, base = self._fs
-            reader = open_crop_reader(fs, f"{base}/{path}", arr.metadata.to_dict(), arr.shape,
+            reader = open_crop_reader(fs, f"{base}/{node}/{array}", arr.metadata.to_dict(), arr.shape,
                                       arr.dtype, layout.FILL_VALUE[array])
             return arr, reader
+
+        def load() -> tuple[zarr.Array, ChunkCropReader | None]:
+            try:
+                return self._at_case(case_id, at)
+            except FileNotFoundError as exc:
+                raise StorageError(f"case {case_id!r} has no {array!r} array in {self.uri} "
+                                   f"(looked in {self.case_path(case_id)!r})") from exc
         self._fresh()
         return self._lru_get(self._arrays, (case_id, array), load)
 
@@ -369,41 +405,3 @@ class DatasetStore:
     def read_full(self, case_id: str, array: str = "image") -> np.ndarray:
         """The whole ``array`` of the case, ``(z, y, x)``."""
         return self._array(case_id, array)[...]
-
-
-def check_store_root(root_uri: str, storage_options: dict | None = None) -> None:
-    """InputError unless a store can live at ``root_uri``: an object store's bucket must exist and
-    answer (a local folder is created on first write)."""
-    if is_local(root_uri):
-        return
-    fs, path = open_fs(root_uri, storage_options)
-    bucket = path.split("/", 1)[0]
-    try:
-        fs.info(bucket)  # not exists(): it answers False for an endpoint that does not answer
-    except FileNotFoundError:
-        raise InputError(f"store {root_uri}: bucket {bucket!r} does not exist (create it, or check --store "
-                         "and AWS_ENDPOINT_URL)") from None
-    except Exception as err:  # noqa: BLE001 - unreachable endpoint, refused credentials, ...
-        raise InputError(f"store {root_uri}: the object store does not answer ({type(err).__name__}: {err}); "
-                         "check AWS_ENDPOINT_URL and the credentials in the environment") from None
-
-
-def list_datasets(root_uri: str, storage_options: dict | None = None) -> list[str]:
-    """Sorted names of the PGL datasets directly under ``root_uri``."""
-    fs, path = open_fs(root_uri, storage_options)
-    fs.invalidate_cache(path)
-    try:
-        metas = fs.glob(f"{path.rstrip('/')}/*/zarr.json")
-    except FileNotFoundError:
-        return []
-    names: list[str] = []
-    if not metas:
-        return names
-    for p, data in fs.cat(metas, on_error="omit").items():
-        try:
-            attrs = json.loads(data).get("attributes", {})
-        except ValueError:
-            continue
-        if "pgl_dataset" in attrs:
-            names.append(p.rstrip("/").split("/")[-2])
-    return sorted(names)

@@ -21,7 +21,8 @@ from storage.errors import InputError
 from storage.ingest import CaseResult, choose_plan, ingest_case
 from storage.plan import Plan, PlanRequest
 from storage.readers import CaseSource, discover_cases
-from storage.store import DatasetStore, check_store_root
+from storage.store import DatasetStore
+from storage.store_root import check_store_root
 from storage.uri import check_uris, s3_options_from_env
 
 

@@ -13,7 +13,9 @@ import zarr
 
 from storage import blobs
 from storage.errors import StorageError
-from storage.store import DatasetStore, list_datasets, plan_hash
+from storage.layout import FORMAT_VERSION
+from storage.store import DatasetStore, plan_hash
+from storage.store_root import list_datasets
 from storage.uri import join_uri, open_fs
 from tests.store.conftest import CHUNK_VOX, PLAN, CountingDatasetStore, case_attrs, ct_volume
 
@@ -65,7 +67,7 @@ def test_attrs_round_trip(backend):
     image, label = ct_volume()
     store.write_case("c1", image, label, case_attrs(checksum="sha256:feed"), chunk_vox=CHUNK_VOX)
     attrs = store.case_attrs("c1")
-    assert attrs["format_version"] == 1 and attrs["case_id"] == "c1"
+    assert attrs["format_version"] == FORMAT_VERSION and attrs["case_id"] == "c1"
     assert attrs["spacing"] == [0.8, 0.7, 2.5]
     assert attrs["origin"] == [-100.0, -120.5, 30.0]
     assert attrs["direction"] == [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
@@ -129,14 +131,14 @@ def test_crop_reads_only_touched_chunks(backend):
     reader = backend.store(create=False, cls=CountingDatasetStore)
     start, size = (10, 20, 50), (8, 20, 20)
     np.testing.assert_array_equal(reader.read_crop("c1", start, size), image[10:18, 20:40, 50:70])
-    assert "c1/image/zarr.json" in [k for k, _ in reader.zstore.reads]
+    assert f"{reader.case_path('c1')}/image/zarr.json" in [k for k, _ in reader.zstore.reads]
     chunks = reader._opened("c1", "image")[1]
     assert chunks is not None and chunks.n_requests == 8  # 2 x 2 x 2 chunks touched
     reader.zstore.reads.clear()
     np.testing.assert_array_equal(reader.read_crop("c1", start, size), image[10:18, 20:40, 50:70])
     assert reader.zstore.reads == []  # no metadata re-read per crop
     assert chunks.n_requests == 16
-    fs, path = open_fs(join_uri(reader.uri, "c1", "image"), backend.storage_options)
+    fs, path = open_fs(join_uri(reader.uri, reader.case_path("c1"), "image"), backend.storage_options)
     touched = _chunk_keys_touched(start, size, CHUNK_VOX)
     assert chunks.n_bytes == 2 * sum(fs.size(f"{path}/{k.removeprefix('image/')}") for k in touched)
 
@@ -170,7 +172,7 @@ def test_air_chunks_not_written(backend):
     store = _ready(backend)
     image, label = ct_volume()
     store.write_case("c1", image, label, case_attrs(), chunk_vox=CHUNK_VOX, shard_vox=CHUNK_VOX)
-    fs, path = open_fs(join_uri(store.uri, "c1", "image", "c"), backend.storage_options)
+    fs, path = open_fs(join_uri(store.uri, store.case_path("c1"), "image", "c"), backend.storage_options)
     fs.invalidate_cache()
     n_objects = len(fs.find(path))
     total = np.prod([-(-n // c) for n, c in zip(image.shape, CHUNK_VOX)])
@@ -185,7 +187,7 @@ def test_air_shards_not_written(backend):
     image, label = ct_volume()
     shard = (32, 64, 64)
     store.write_case("c1", image, label, case_attrs(), chunk_vox=CHUNK_VOX, shard_vox=shard)
-    fs, path = open_fs(join_uri(store.uri, "c1", "image", "c"), backend.storage_options)
+    fs, path = open_fs(join_uri(store.uri, store.case_path("c1"), "image", "c"), backend.storage_options)
     fs.invalidate_cache()
     expected = _non_empty_blocks(image, shard)
     assert 0 < expected < 8
@@ -198,12 +200,12 @@ def test_shards_only_on_object_store(backend):
     store = _ready(backend)
     image, label = ct_volume()
     store.write_case("c1", image, label, case_attrs(), chunk_vox=CHUNK_VOX)
-    arr = zarr.open_array(store.zstore, path="c1/image", mode="r")
+    arr = zarr.open_array(store.zstore, path=f"{store.case_path('c1')}/image", mode="r")
     assert arr.chunks == CHUNK_VOX
     if backend.kind == "s3":
         # default (128, 256, 256) clipped to the array rounded up to whole chunks
         assert arr.shards == (48, 96, 96)
-        fs, path = open_fs(join_uri(store.uri, "c1", "image", "c"), backend.storage_options)
+        fs, path = open_fs(join_uri(store.uri, store.case_path("c1"), "image", "c"), backend.storage_options)
         assert len(fs.find(path)) == 1
     else:
         assert arr.shards is None
@@ -212,7 +214,7 @@ def test_shards_only_on_object_store(backend):
     assert '"blosc"' in codecs and '"cname": "zstd"' in codecs and '"shuffle": "shuffle"' in codecs
 
 
-def test_crash_before_record_is_incomplete_and_rewritable(backend):
+def test_crash_before_record_keeps_the_old_case_and_is_rewritable(backend):
     class CrashBeforeRecord(DatasetStore):
         def _put_json(self, uri, obj):
             if "/_cases/" in uri:
@@ -227,14 +229,26 @@ def test_crash_before_record_is_incomplete_and_rewritable(backend):
         crashing.write_case("c1", image + 1, label, case_attrs("sha256:new"), chunk_vox=CHUNK_VOX)
     with pytest.raises(RuntimeError):
         crashing.write_case("c2", image, label, case_attrs(), chunk_vox=CHUNK_VOX)
-    assert store.case_record("c1") is None  # the old record went first
-    assert not store.is_done("c1", "sha256:abc", plan_hash(PLAN))
+    # the old record and the arrays it names are untouched; the half-written generation is ignored
+    assert store.is_done("c1", "sha256:abc", plan_hash(PLAN)) and store.case_path("c1") == "c1/g1"
+    assert not store.is_done("c1", "sha256:new", plan_hash(PLAN))
+    np.testing.assert_array_equal(store.read_full("c1"), image)
     assert not store.is_done("c2", "sha256:abc", plan_hash(PLAN))
+    with pytest.raises(StorageError, match="c2.*no record"):
+        store.read_crop("c2", (0, 0, 0), (2, 2, 2))
+    assert store.done_cases() == ["c1"]
     manifest = store.consolidate_manifest()
-    assert manifest["cases"] == {} and store.done_cases() == []
+    assert list(manifest["cases"]) == ["c1"] and store.done_cases() == ["c1"]
     store.write_case("c2", image, label, case_attrs(), chunk_vox=CHUNK_VOX)
-    assert store.is_done("c2", "sha256:abc", plan_hash(PLAN))
+    store.write_case("c1", image + 1, label, case_attrs("sha256:new"), chunk_vox=CHUNK_VOX)
+    assert store.is_done("c2", "sha256:abc", plan_hash(PLAN)) and store.case_path("c2") == "c2/g2"
+    assert store.case_path("c1") == "c1/g3"  # newer than the crashed attempt's g2
     np.testing.assert_array_equal(store.read_full("c2"), image)
+    np.testing.assert_array_equal(store.read_full("c1"), image + 1)
+    fs, path = open_fs(store.uri, backend.storage_options)
+    fs.invalidate_cache()
+    for case, gen in (("c1", "g3"), ("c2", "g2")):  # old and crashed generations are gone
+        assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls(f"{path}/{case}", detail=False)) == [gen, "zarr.json"]
 
 
 def test_is_done_idempotency(backend):
@@ -258,9 +272,11 @@ def test_manifest_consolidation_done_and_failed(backend):
     store.write_case("a", image, label, case_attrs("sha256:a"), chunk_vox=CHUNK_VOX)
     store.write_case("b", image[:, :40], None, case_attrs("sha256:b"), chunk_vox=CHUNK_VOX)
     store.write_failure("c", "truncated pixel data", "/data/c.dcm")
-    assert store.done_cases() == []  # not consolidated yet
+    assert store.done_cases() == ["a", "b"]  # from the records, before any consolidation
+    stale = store.manifest()
     manifest = store.consolidate_manifest()
-    assert manifest == store.manifest()
+    assert manifest == store.manifest() and stale["cases"] == manifest["cases"]
+    assert stale["stats"] == manifest["stats"]
     assert store.done_cases() == ["a", "b"]
     assert manifest["cases"]["c"] == {"status": "failed", "reason": "truncated pixel data",
                                       "source": "/data/c.dcm"}
