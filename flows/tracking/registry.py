@@ -20,6 +20,8 @@ or ``runs:/RUN_ID/PATH`` and returns a local directory holding the contract; dow
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 import os
@@ -183,12 +185,27 @@ def _log_pyfunc(local_dir: str, run_id: str | None, contract: dict[str, Any], cl
     return info
 
 
+@contextlib.contextmanager
+def _quiet_registration() -> Any:
+    """MLflow prints "Successfully registered model ..." / "Created version ..." for every version
+    on its own stream; the pipeline reports registrations itself (results, summary lines)."""
+    from mlflow.utils import logging_utils
+
+    stream = getattr(logging_utils, "MLFLOW_LOGGING_STREAM", None)
+    logging_utils.MLFLOW_LOGGING_STREAM = io.StringIO()
+    try:
+        yield
+    finally:
+        logging_utils.MLFLOW_LOGGING_STREAM = stream
+
+
 def _register(name: str, local_dir: str, run_id: str | None, metrics: dict[str, float], key: str,
               client: Any, extra_tags: dict[str, Any]) -> Registration:
     contract = read_contract(local_dir)
     info = _log_pyfunc(local_dir, run_id, contract, client)
     tags = _version_tags(contract, metrics, extra_tags)
-    mv = mlflow.register_model(info.model_uri, name, tags=tags)
+    with _quiet_registration():
+        mv = mlflow.register_model(info.model_uri, name, tags=tags)
     version = str(mv.version)
     client.set_registered_model_alias(name, CANDIDATE, version)
     metric = metrics.get(key)

@@ -72,7 +72,7 @@ def test_parent_and_stage_runs_land_in_the_workdir_sqlite(tmp_path: Path, no_ser
 
 
 @pytest.mark.slow
-def test_embedded_registry_and_resolve(tmp_path: Path, no_server) -> None:
+def test_embedded_registry_and_resolve(tmp_path: Path, no_server, capfd) -> None:
     from flows.tracking import mlflow_run as tracking
     from flows.tracking import registry
     from tests.tracking.standins import make_model_dir
@@ -84,6 +84,8 @@ def test_embedded_registry_and_resolve(tmp_path: Path, no_server) -> None:
     stage.close()
     parent.close()
     assert (reg.name, reg.version, reg.champion_moved) == ("pgl-seg-demo", "1", True)
+    printed = capfd.readouterr()
+    assert "registered model" not in printed.out + printed.err and "Created version" not in printed.err  # ours
     assert "there was none" in reg.decision
     cache = tmp_path / "cache"
     by_alias = registry.resolve_model("models:/pgl-seg-demo@champion", cache, parent.tracking_uri)
