@@ -33,7 +33,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("evaluate", help="Evaluate a segmenter on a dataset split (Dice, HD95, NSD).",
                        description=cmd_evaluate.__doc__)
-    p.add_argument("--model", required=True, type=model_arg, help="Model directory or models:/NAME@ALIAS.")
+    p.add_argument("--model", required=True, type=model_arg, help="Model folder, a pgl finetune output folder "
+                   "(its model/ is used), models:/NAME@ALIAS or runs:/RUN/model.")
     add_store_args(p, "Dataset name in the store.")
     p.add_argument("--output", required=True, type=uri_arg, help="Local folder for tables and overlays.")
     p.add_argument("--split", default="test", help="test (default), val, train or all.")
@@ -46,7 +47,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("predict", help="Segment a CT file or DICOM series folder.",
                        description=cmd_predict.__doc__)
-    p.add_argument("--model", required=True, type=model_arg, help="Model directory or models:/NAME@ALIAS.")
+    p.add_argument("--model", required=True, type=model_arg, help="Model folder, a pgl finetune output folder "
+                   "(its model/ is used), models:/NAME@ALIAS or runs:/RUN/model.")
     p.add_argument("--input", required=True, type=uri_arg, help="Input file or DICOM series folder (path or s3://).")
     p.add_argument("--output", required=True, type=uri_arg,
                    help="Output label map (.nii.gz, .nii, .nrrd or .mha; path or s3://).")
@@ -61,12 +63,15 @@ def model_dir_of(uri: str) -> str:
     from storage import blobs
     from storage.uri import join_uri
 
-    local = uri
+    from flows.stages.evaluate import model_folder
+
     try:
         if uri.startswith(("models:/", "runs:/")):
             from flows.tracking.registry import resolve_model
 
             local = resolve_model(uri)
+        else:
+            local = model_folder(uri)
         SegmenterContract.read(local)
     except (FileNotFoundError, LookupError, ValueError) as err:
         raise UsageError(f"model {uri} is not a usable segmenter: {err}") from None

@@ -21,6 +21,17 @@ from pgl_core.evaluation.report import class_dice
 from storage.uri import check_uri, check_uris
 
 
+def model_folder(uri: str) -> str:
+    """The folder holding the contract for a reference to a local or remote folder: the folder itself,
+    or the ``model/`` inside a run output of ``pgl finetune`` (whose root has no contract)."""
+    from storage import blobs
+    from storage.uri import join_uri
+
+    if not blobs.exists(join_uri(uri, "contract.json")) and blobs.exists(join_uri(uri, "model", "contract.json")):
+        return join_uri(uri, "model")
+    return uri
+
+
 def resolve_init(init: str, workdir: str | None) -> tuple[str, str]:
     """``(init argument for the training module, init hash)``; registered models are downloaded."""
     if init == "random":
@@ -33,7 +44,8 @@ def resolve_init(init: str, workdir: str | None) -> tuple[str, str]:
         with TRACKING_LOCK:
             local = resolve_model(init, cache_dir=cache, tracking_uri=tracking_uri(workdir))
         return local, contract_hash(local)
-    return check_uri(init, "init"), contract_hash(init)
+    folder = model_folder(check_uri(init, "init"))
+    return folder, contract_hash(folder)
 
 
 def _mean_dice(summary: dict[str, Any]) -> float | None:

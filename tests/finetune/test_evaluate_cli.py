@@ -60,6 +60,9 @@ def test_cli_finetune_evaluate_predict(kits_store, tmp_path, capsys):
     sitk.WriteImage(image.to_sitk(), str(src))
     assert pgl(["predict", "--model", str(run / "model"), "--input", str(src), "--output", str(dst)]) == 0
     assert sitk.ReadImage(str(dst)).GetSize() == sitk.ReadImage(str(src)).GetSize()
+    # the run output folder itself is a model reference too (its model/ is used)
+    assert pgl(["predict", "--model", str(run), "--input", str(src), "--output", str(tmp_path / "run.nii.gz")]) == 0
+    assert sitk.ReadImage(str(tmp_path / "run.nii.gz")).GetSize() == sitk.ReadImage(str(src)).GetSize()
     assert pgl(["predict", "--model", str(tmp_path / "nope"), "--input", str(src), "--output", str(dst)]) == 2
     assert pgl(["finetune", "--store", kits_store, "--dataset", "kits", "--output", str(tmp_path / "r2"),
                 "--preset", "tiny", "--labelled", "9", "--workdir", str(tmp_path / "w")]) == 2
