@@ -84,6 +84,20 @@ def test_served_pretrain_deployment_runs_only_that_stage(prefect_api, served, sy
     assert run.state.is_completed(), (run.state.message, log.read_text()[-3000:])
     assert (out / "encoder.pt").is_file() and (out / "stage.json").is_file()
     assert not (tmp_path / "finetune").exists()
+    # the run's page shows its logs: read back through the API, INFO included (logs are shipped in
+    # batches, so the last ones may land a moment after the state)
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    deadline, messages = time.monotonic() + 30, []
+    while time.monotonic() < deadline and not any("pretrain ->" in m and "done" in m for m in messages):
+        time.sleep(1)
+        with temporary_settings({PREFECT_API_URL: prefect_api}):
+            with get_client(sync_client=True) as client:
+                logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))
+        messages = [entry.message for entry in logs if entry.level == 20]
+    assert any("pretrain ->" in m and "done" in m for m in messages), messages
+    assert any("pretraining completed at step 2/2" in m for m in messages)  # the training's own output
 
 
 def test_the_ui_of_a_server_started_on_another_port_points_at_that_port(prefect_api):
