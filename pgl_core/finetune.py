@@ -325,7 +325,8 @@ def _log_window(s: _Session, ctl: LoopControl, state: TrainState, res: FinetuneR
     stats = ctl.window.stats()
     metrics = {**stats.means, "lr": state.optimizer.param_groups[0]["lr"], "skipped_steps": float(state.skipped),
                "steps_per_s": stats.applied / stats.elapsed}
-    ctl.window.log(state.step, metrics, s.sink, res.history)
+    ctl.window.log(state.step, metrics, s.sink, res.history,
+                   (s.cfg.finetune.steps, s.end) if s.world.is_main else None)
 
 
 def _save(s: _Session, state: TrainState, best: dict[str, Any], val_history: list) -> None:

@@ -206,11 +206,28 @@ class WindowStats:
     applied: int
 
 
+PROGRESS_EVERY_S = 20.0  # a progress line at most this often (and at the first log and the last step)
+
+
+def progress_line(step: int, total: int, end: int, metrics: dict[str, float], seconds_per_step: float) -> str:
+    """``step 120/1000 (12%)  loss 0.8123  9.8 samples/s  ETA 2m31s``: losses and throughput of the
+    window just logged; the ETA is to ``end``, where this invocation stops."""
+    shown = [f"{k} {v:.4f}" for k, v in metrics.items() if "loss" in k]
+    shown += [f"{metrics[k]:.1f} {k.replace('_per_s', '')}/s" for k in ("samples_per_s", "steps_per_s") if k in metrics]
+    left = max(end - step, 0) * seconds_per_step
+    if left >= 3600:
+        eta = f"{int(left // 3600)}h{int(left % 3600 // 60):02d}m"
+    else:
+        eta = f"{int(left // 60)}m{int(left % 60):02d}s"
+    return f"step {step}/{total} ({100 * step / max(total, 1):.0f}%)  " + "  ".join(shown) + f"  ETA {eta}"
+
+
 class MetricWindow:
     """The losses of the steps since the last log, summed on the device (no host sync per step)."""
 
     def __init__(self, names: tuple[str, ...], device: torch.device) -> None:
         self.names, self.device = names, device
+        self.printed_at: float | None = None
         self.reset()
 
     def reset(self) -> None:
@@ -234,10 +251,19 @@ class MetricWindow:
         mean = dist_utils.all_reduce_mean(self.sum / max(self.applied, 1)).tolist()
         return WindowStats(dict(zip(self.names, mean)), elapsed, self.wait, self.steps, self.applied)
 
-    def log(self, step: int, metrics: dict[str, float], sink: MetricsSink, history: list) -> None:
-        """Write ``metrics`` to the sink and ``history``, then start a new window."""
+    def log(self, step: int, metrics: dict[str, float], sink: MetricsSink, history: list,
+            progress: tuple[int, int] | None = None) -> None:
+        """Write ``metrics`` to the sink and ``history``, then start a new window. With ``progress`` =
+        (total steps, this invocation's end step), also print a :func:`progress_line` (on a terminal
+        and, through the launcher, in the run's Prefect logs) at most every ``PROGRESS_EVERY_S``."""
         sink.log_metrics(step, metrics)
         history.append({"step": float(step), **metrics})
+        now = time.perf_counter()
+        if progress is not None and (self.printed_at is None or now - self.printed_at >= PROGRESS_EVERY_S
+                                     or step >= progress[1]):
+            per_step = (now - self.t0) / max(self.steps, 1)
+            print(progress_line(step, progress[0], progress[1], metrics, per_step), flush=True)
+            self.printed_at = now
         self.reset()
 
 

@@ -274,7 +274,8 @@ def _log_window(s: _Session, ctl: LoopControl, state: TrainState, tau: float, re
                "skipped_steps": float(state.skipped),
                "samples_per_s": s.batch * s.world.world_size * stats.steps / stats.elapsed,
                "data_wait_fraction": min(stats.wait / stats.elapsed, 1.0)}
-    ctl.window.log(state.step, metrics, s.sink, res.history)
+    ctl.window.log(state.step, metrics, s.sink, res.history,
+                   (s.cfg.train.steps, s.end) if s.world.is_main else None)
     res.samples_per_s, res.data_wait_fraction = metrics["samples_per_s"], metrics["data_wait_fraction"]
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -78,6 +79,8 @@ def test_cli_max_steps_then_resume_and_usage_errors(store_root, tmp_path, capsys
     assert [s for s, _ in ckpt.list_checkpoints(str(out))] == [2] and not (out / "contract.json").exists()
     assert main(_cli(store_root, out, "--set", "train.steps=4")) == 0
     assert PretrainContract.read(str(out)).steps == 4
+    # a terminal sees progress: step, losses, throughput and the time left, the last step included
+    assert re.search(r"^step 4/4 \(100%\)  loss \d+\.\d{4}.*samples/s  ETA 0m00s$", capsys.readouterr().out, re.M)
     assert main(_cli(store_root, out, "--set", "train.nope=1")) == EXIT_USAGE
     assert "train.nope" in capsys.readouterr().err
     assert main(_cli(store_root, out, "--set", "model.widths=[4,8,8,8]")) == EXIT_USAGE  # resume mismatch
