@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 
 from flows.cli import UsageError, add_config_args, add_store_args, triple, uri_arg
 from pgl_core.exits import EXIT_OK, EXIT_PARTIAL
@@ -22,6 +23,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--phase", default="portal_venous", choices=["portal_venous", "non_contrast"],
                    help="Contrast phase of the attenuation values (default portal_venous, like most public "
                    "abdominal CT segmentation sets).")
+    p.add_argument("--json", action="store_true", help="Print what was written as JSON instead of a table.")
     p.set_defaults(handler=cmd_phantoms)
 
     p = sub.add_parser("preprocess", help="Convert raw CT (MSD, volume folder, DICOM tree) to a Zarr dataset.",
@@ -56,8 +58,14 @@ def cmd_phantoms(args: argparse.Namespace) -> int:
                                        progress=lambda: bar.update(1))
     except ValueError as err:
         raise UsageError(str(err)) from None
+    if args.json:
+        print(json.dumps(summaries, indent=1, default=str))
+        return EXIT_OK
     for s in summaries:
-        print(f"wrote {s}")
+        labels = ", ".join(name for value, name in sorted(s["labels"].items()) if int(value)) or "unlabelled"
+        folders = ", ".join(s["folders"].values())
+        print(f"{s['name']:<16} {s['n_cases']:>3} case(s) {'x'.join(map(str, s['shape_zyx']))} ({s['phase']}; "
+              f"{labels}) -> {folders}")
     return EXIT_OK
 
 

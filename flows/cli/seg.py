@@ -41,6 +41,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overlays", type=int, default=3, help="Overlay PNGs for the first N cases (default 3).")
     add_device_args(p)
     p.add_argument("--force", action="store_true", help="Evaluate even when model and dataset are unchanged.")
+    p.add_argument("--json", action="store_true", help="Print the result as JSON instead of a table.")
     p.add_argument("--workdir", default="pgl-work", help="Folder of the embedded MLflow store and model cache "
                    "(default pgl-work; MLFLOW_TRACKING_URI takes precedence).")
     p.set_defaults(handler=cmd_evaluate)
@@ -126,10 +127,22 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                                workdir=str(Path(args.workdir).resolve()))
     except (LookupError, FileNotFoundError) as err:
         raise UsageError(f"model {args.model}: {err}") from err
+    if args.json:
+        print(json.dumps(result, indent=1, default=str))
+        return EXIT_OK
     overall = {m: (result.get("overall") or {}).get(m, {}).get("mean") for m in ("dice", "hd95", "nsd")}
-    print(f"{args.split} split of {args.dataset} ({result['status']}): mean " + json.dumps(overall))
+    print(f"{args.split} split of {args.dataset} ({result['status']}):")
+    print(f"  {'class':<24} {'Dice':>6}")
+    for name, dice in (result.get("per_class") or {}).items():
+        print(f"  {name:<24} {dice:>6.3f}")
+    print("  mean over classes: " + ", ".join(f"{label} {_rounded(overall[m])}" for m, label in
+                                              (("dice", "Dice"), ("hd95", "HD95 mm"), ("nsd", "NSD"))))
     print(f"tables: {Path(args.output) / 'metrics.csv'}, {Path(args.output) / 'metrics.json'}")
     return EXIT_OK
+
+
+def _rounded(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def cmd_predict(args: argparse.Namespace) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -52,8 +53,14 @@ def test_cli_finetune_evaluate_predict(kits_store, tmp_path, capsys):
                 "--steps", "2", "--labelled", "2", "--workdir", str(tmp_path / "w"), *sets])
     assert code == 0, capsys.readouterr().err
     assert "model:" in capsys.readouterr().out and (run / "model" / "contract.json").is_file()
+    capsys.readouterr()
     assert pgl(["evaluate", "--model", str(run / "model"), "--store", kits_store, "--dataset", "kits",
                 "--output", str(tmp_path / "ev"), "--overlays", "0", "--workdir", str(tmp_path / "w")]) == 0
+    table = capsys.readouterr().out  # a human table with rounded numbers; JSON behind --json
+    assert re.search(r"^  kidney\s+\d\.\d{3}$", table, re.M) and "mean over classes: Dice " in table, table
+    assert pgl(["evaluate", "--model", str(run / "model"), "--store", kits_store, "--dataset", "kits",
+                "--output", str(tmp_path / "ev"), "--overlays", "0", "--workdir", str(tmp_path / "w"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["status"] == "skipped"  # unchanged model and dataset
     assert (tmp_path / "ev" / "metrics.json").is_file()
     image, _ = generate_case("kits", 2, (16, 32, 32), ras=True)  # 12 slices would be 25 mm thick
     src, dst = tmp_path / "ct.nii.gz", tmp_path / "labels.nii.gz"

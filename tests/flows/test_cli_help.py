@@ -62,3 +62,16 @@ def test_defaults_choices_and_version_are_shown(capsys):
     with pytest.raises(SystemExit) as info:
         main(["--version"])
     assert info.value.code == 0 and re.match(r"pgl \d+\.\d+", capsys.readouterr().out)
+
+
+def test_phantoms_prints_a_table_and_json_on_request(tmp_path, capsys):
+    import json
+
+    assert main(["phantoms", "--out", str(tmp_path), "--kinds", "spleen,pool", "--cases", "1",
+                 "--shape", "8,16,16"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].startswith("PhantomSpleen") and "1 case(s) 8x16x16" in table[0] and "spleen" in table[0]
+    assert "unlabelled" in table[1]
+    assert main(["phantoms", "--out", str(tmp_path / "j"), "--kinds", "spleen", "--cases", "1", "--shape", "8,16,16",
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["n_cases"] == 1
