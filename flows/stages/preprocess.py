@@ -60,10 +60,14 @@ class PreprocessSummary:
                f"{len(self.skipped)} skipped (unchanged), {len(self.failed)} failed"]
         out += [f"  FAILED {case}: {reason} [{src}]" for case, src, reason in self.failed]
         if self.ignored:
-            more = len(self.ignored) - 5
-            shown = ", ".join(self.ignored[:5]) + (f", ... ({more} more)" if more > 0 else "")
-            out.append(f"  ignored {len(self.ignored)} file(s) that are not CT volumes or DICOM (or hidden): {shown}")
+            out.append(f"  ignored {len(self.ignored)} file(s) that are not CT volumes or DICOM (or hidden): "
+                       + _first_few(self.ignored))
         return out
+
+
+def _first_few(names: list[str], shown: int = 5) -> str:
+    more = len(names) - shown
+    return ", ".join(names[:shown]) + (f", ... ({more} more)" if more > 0 else "")
 
 
 @task(name="ingest-case", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_transient,
@@ -105,9 +109,9 @@ def run_preprocess(input: str, dataset: str, store: str, cfg: PlanRequest | None
     opts = storage_options if storage_options is not None else s3_options_from_env()
     check_store_root(store, opts)
     cases, problems, info = discover_task(input, opts)
-    ignored = list(info.get("skipped", []))
+    ignored = list(info.get("ignored", []))
     if not cases and not problems:
-        found = f"; ignored {len(ignored)} other file(s): " + ", ".join(ignored[:5]) if ignored else " (it is empty)"
+        found = f"; ignored {len(ignored)} other file(s): " + _first_few(ignored) if ignored else " (it is empty)"
         raise InputError(f"no CT volume (.nii, .nii.gz, .nrrd, .mha, .mhd) or DICOM series found in {input}{found}")
     ds = DatasetStore(store, dataset, opts, create=True)
     plan = choose_plan(ds, cases, cfg, opts)

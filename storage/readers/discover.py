@@ -7,7 +7,7 @@ Layouts:
 - Folder: every volume file (.nii, .nii.gz, .nrrd, .nhdr, .mha, .mhd) is one unlabelled case.
 - DICOM: files of any name are sniffed; one case per series key (see ``storage.readers.dicom``).
 Folders and files may be mixed. Hidden files (``.*``, including macOS ``._*``) and files that are
-neither volumes nor DICOM are skipped and listed (``info["skipped"]``); unreadable DICOM headers and
+neither volumes nor DICOM are skipped and listed (``info["ignored"]``); unreadable DICOM headers and
 image-less series are reported as problems. A file stem that cannot be a case id (spaces, other
 characters) becomes a safe id with a hash of its path. A missing input or a malformed
 ``dataset.json`` is an :class:`InputError`. Only headers are read, never pixel data.
@@ -202,7 +202,7 @@ def discover_cases(input_uri: str, storage_options: dict | None = None,
     """Find the cases under ``input_uri`` -> (cases, problems, info); see the module doc.
 
     ``cases`` are sorted by case_id; ``problems`` are (file_or_folder, reason) pairs, sorted;
-    ``info`` = {"layout": "msd" | "folder" | "dicom", "label_names": {int: str}, "skipped": [relative
+    ``info`` = {"layout": "msd" | "folder" | "dicom", "label_names": {int: str}, "ignored": [relative
     paths of hidden and non-image files]}.
     """
     tree = _Tree(input_uri, storage_options)
@@ -213,16 +213,16 @@ def discover_cases(input_uri: str, storage_options: dict | None = None,
         cases, problems = unique_case_ids(_msd_cases(tree, files))
         used = {u for c in cases for u in (*c.image_uris, c.label_uri) if u}
         used.add(tree.uri(f"{tree.root}/dataset.json"))
-        skipped = [tree.rel(p) for p in hidden + [f for f in files if tree.uri(f) not in used]]
-        info = {"layout": "msd", "label_names": _label_names(tree, files), "skipped": sorted(skipped)}
+        ignored = [tree.rel(p) for p in hidden + [f for f in files if tree.uri(f) not in used]]
+        info = {"layout": "msd", "label_names": _label_names(tree, files), "ignored": sorted(ignored)}
         return sorted(cases, key=lambda c: c.case_id), sorted(problems), info
     volume_paths = [p for p in files if image_suffix(p) is not None]
-    headers, problems, skipped = [], [], [tree.rel(p) for p in hidden]
+    headers, problems, ignored = [], [], [tree.rel(p) for p in hidden]
     for path in files:
         if image_suffix(path) is not None:
             continue
         if path.lower().endswith(_NOT_IMAGE_SUFFIXES):
-            skipped.append(tree.rel(path))
+            ignored.append(tree.rel(path))
             continue
         try:
             header = _sniff(tree, path)
@@ -232,9 +232,9 @@ def discover_cases(input_uri: str, storage_options: dict | None = None,
         if header is not None:
             headers.append(header)
         else:
-            skipped.append(tree.rel(path))
+            ignored.append(tree.rel(path))
     dicom, dicom_problems = _dicom_cases(headers)
     cases, id_problems = unique_case_ids(_file_cases(tree, volume_paths) + dicom)
     layout = "dicom" if dicom and not volume_paths else "folder"
     return (sorted(cases, key=lambda c: c.case_id), sorted(problems + dicom_problems + id_problems),
-            {"layout": layout, "label_names": {}, "skipped": sorted(skipped)})
+            {"layout": layout, "label_names": {}, "ignored": sorted(ignored)})

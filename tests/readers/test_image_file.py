@@ -117,7 +117,7 @@ def test_msd_layout(tmp_path: Path) -> None:
     _write_msd(tmp_path)
     cases, problems, info = discover_cases(str(tmp_path))
     assert info == {"layout": "msd", "label_names": {0: "background", 1: "liver"},
-                    "skipped": ["imagesTr/._liver_0.nii.gz"]} and problems == []  # the macOS sidecar
+                    "ignored": ["imagesTr/._liver_0.nii.gz"]} and problems == []  # the macOS sidecar
     assert [(c.case_id, c.split, c.label_uri is not None) for c in cases] == [
         ("liver_0", "train", True), ("liver_1", "train", True), ("liver_9", "test", False)]
     image, label, _ = read_case(cases[1])
