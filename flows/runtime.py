@@ -11,6 +11,7 @@ import urllib.parse
 import warnings
 from pathlib import Path
 
+WORKDIR_ENV = "PGL_WORKDIR"
 TELEMETRY_OFF = {
     "DO_NOT_TRACK": "true",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -22,7 +23,8 @@ def configure(workdir: str | Path | None = None) -> None:
     """Set safe defaults (never overriding what the user exported).
 
     With ``workdir``, the embedded Prefect database lives under ``workdir/prefect`` so that a demo
-    keeps everything it makes in one folder.
+    keeps everything it makes in one folder, and ``PGL_WORKDIR`` names it for the stage flows run
+    here or by a server started here (their embedded MLflow store and model cache).
     """
     for key, value in TELEMETRY_OFF.items():
         os.environ.setdefault(key, value)
@@ -38,6 +40,8 @@ def configure(workdir: str | Path | None = None) -> None:
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     # models are logged without an input example on purpose (MLflow would run a prediction on it)
     warnings.filterwarnings("ignore", message=r".*input example was not provided")
+    if workdir is not None:
+        os.environ[WORKDIR_ENV] = str(Path(workdir).resolve())
     if workdir is not None and "PREFECT_API_URL" not in os.environ:
         home = Path(workdir).resolve() / "prefect"
         home.mkdir(parents=True, exist_ok=True)

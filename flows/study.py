@@ -53,6 +53,7 @@ def run_demo(workdir: Path, spec: StudySpec | None = None) -> int:
     """Generate phantoms and run the pipeline flow on them (the study grid); print where to look.
 
     Returns an exit code (0, or 1 when some item failed)."""
+    from flows.stages.context import stage_context
     from flows.stages.pipeline import PipelineFailed, pipeline_flow
     from flows.stages.results import summary_lines
 
@@ -70,11 +71,11 @@ def run_demo(workdir: Path, spec: StudySpec | None = None) -> int:
     code = 0
     try:
         spacing = ",".join(str(v) for v in spec.spacing_mm)
-        summary = pipeline_flow(str(raw), str(store), str(output), preset=spec.preset, config=spec.config,
-                                overrides=[f"preprocess.target_spacing_mm=[{spacing}]", *spec.overrides],
-                                inits=spec.inits, seeds=spec.seeds, labelled=spec.labelled,
-                                workdir=str(workdir), parallel=spec.parallel, gate=spec.gate,
-                                gate_steps=spec.gate_steps)
+        with stage_context(workdir=str(workdir)):
+            summary = pipeline_flow(str(raw), str(store), str(output), preset=spec.preset, config=spec.config,
+                                    overrides=[f"preprocess.target_spacing_mm=[{spacing}]", *spec.overrides],
+                                    inits=spec.inits, seeds=spec.seeds, labelled=spec.labelled,
+                                    parallel=spec.parallel, gate=spec.gate, gate_steps=spec.gate_steps)
         lines = summary_lines(summary)
     except PipelineFailed as err:
         lines, code = [f"FAILED: {err}"], 1

@@ -23,3 +23,17 @@ runtime.configure()
 from tests.plugins.realdata import *  # noqa: E402,F401,F403
 from tests.plugins.s3 import *  # noqa: E402,F401,F403
 from tests.plugins.mlflow_server import *  # noqa: E402,F401,F403
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _workdir_env_per_test():
+    """A CLI command run in-process exports its --workdir (PGL_WORKDIR) for the flows it runs: undo
+    it after each test, so no later test records its runs in another test's folder."""
+    before = os.environ.get(runtime.WORKDIR_ENV)
+    yield
+    if before is None:
+        os.environ.pop(runtime.WORKDIR_ENV, None)
+    else:
+        os.environ[runtime.WORKDIR_ENV] = before

@@ -55,7 +55,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    "parameters per deployment (see docs/scale-out.md).")
     p.add_argument("--only", type=_csv, help="Comma-separated deployments to serve (default: all).")
     p.add_argument("--limit", type=int, help="Flow runs executing at once (default: no limit).")
-    p.add_argument("--workdir", default="pgl-work", help="Folder for the local server's database (default pgl-work).")
+    p.add_argument("--workdir", default="pgl-work", help="Folder for the local server's database and, for the runs "
+                   "served, the embedded MLflow store and model cache (exported as PGL_WORKDIR).")
     p.add_argument("--port", type=int, default=4200, help="Port of the local server (default 4200).")
     p.set_defaults(handler=cmd_serve)
 
@@ -72,11 +73,10 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     if bad:
         raise UsageError(f"unknown init(s) {bad}; choose from {list(INITS)}")
     load_config(args.config, args.overrides, preset=args.preset)  # a typo is a usage error, before any work
-    workdir = str(Path(args.workdir).resolve()) if args.workdir else None
-    try:
+    try:  # --workdir reaches the flow as PGL_WORKDIR (flows.runtime.configure)
         summary = pipeline_flow(args.input, args.store, args.output, args.datasets, args.preset, args.config,
                                 args.overrides, args.inits, args.seeds, args.labelled, args.nproc, args.nnodes,
-                                args.dask_address, args.device, args.parallel, workdir, args.force,
+                                args.dask_address, args.device, args.parallel, args.force,
                                 args.gate, args.gate_steps)
     except PipelineFailed as err:
         print(f"pgl pipeline: {err}")

@@ -98,7 +98,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         store=args.store, dataset=args.dataset, output=args.output, init=args.init, preset=args.preset,
         config=args.config, overrides=overrides, labelled=args.labelled, steps=args.steps, nproc=args.nproc,
         device=args.device, evaluate=args.evaluate, register_model=args.register, force=args.force,
-        workdir=str(Path(args.workdir).resolve()), max_steps=args.max_steps))
+        max_steps=args.max_steps))
     if isinstance(result, int):
         return result
     if result["status"] == "stopped":
@@ -123,8 +123,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         model_dir_of(args.model)  # a wrong folder is a usage error, before any work
     try:
         result = evaluate_flow(model=args.model, store=args.store, dataset=args.dataset, output=args.output,
-                               split=args.split, overlays=args.overlays, device=args.device, force=args.force,
-                               workdir=str(Path(args.workdir).resolve()))
+                               split=args.split, overlays=args.overlays, device=args.device, force=args.force)
     except (LookupError, FileNotFoundError) as err:
         raise UsageError(f"model {args.model}: {err}") from err
     if args.json:

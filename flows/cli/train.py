@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from flows.cli import (add_config_args, add_device_args, add_stage_args, add_store_args, run_training_stage,
                        uri_arg)
@@ -42,8 +41,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     result = run_training_stage("pretrain", lambda: pretrain_flow(
         store=args.store, datasets=datasets, output=args.output, preset=args.preset, config=args.config,
         overrides=overrides, steps=args.steps, mode=args.mode, nproc=args.nproc, device=args.device,
-        register_model=args.register, force=args.force, workdir=str(Path(args.workdir).resolve()),
-        max_steps=args.max_steps))
+        register_model=args.register, force=args.force, max_steps=args.max_steps))
     if isinstance(result, int):
         return result
     print(f"pretrain -> {args.output}: {result['status']}"

@@ -14,11 +14,14 @@ from typing import Any, Literal
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from flows import artifacts
 from flows.retries import retry_transient
+from flows.stages.context import current
 from flows.stages.keys import contract_hash, manifest_hashes, stage_key, unchanged, write_marker
+from flows.stages.params import Device, Unset
 from flows.tracking.follow import TRACKING_LOCK, stage_run
 from pgl_core.evaluation.report import class_dice
-from storage.uri import check_uri, check_uris
+from storage.uri import check_uri, check_uris, redact_uri
 
 
 def model_folder(uri: str) -> str:
@@ -96,6 +99,7 @@ def run_evaluate(model: str, store: str, dataset: str, output: str, split: str =
               "key": key, "mean_dice": _mean_dice(summary), "split": split, "run_id": sink.run_id,
               "overall": summary.get("overall"), "per_class": class_dice(summary)}
     write_marker(output, key, result)
+    publish_evaluation(summary, dataset, split, model, output)
     logger.info("evaluate %s: mean Dice %s", dataset, result["mean_dice"])
     return result
 
@@ -103,8 +107,7 @@ def run_evaluate(model: str, store: str, dataset: str, output: str, split: str =
 @flow(name="evaluate", log_prints=True)
 def evaluate_flow(model: str, store: str, dataset: str, output: str,
                   split: Literal["test", "val", "train", "all"] = "test", overlays: int = 3,
-                  device: str | None = None, force: bool = False, workdir: str | None = None,
-                  parent_run_id: str | None = None) -> dict[str, Any]:
+                  device: Device | Unset = None, force: bool = False) -> dict[str, Any]:
     """Evaluate a segmenter (Dice, HD95, NSD per case and class) on a split of a dataset.
 
     Args:
@@ -116,10 +119,26 @@ def evaluate_flow(model: str, store: str, dataset: str, output: str,
         overlays: Overlay PNGs written for the first cases.
         device: cpu, cuda or empty for automatic.
         force: Evaluate even when model and dataset are unchanged since the last evaluation.
-        workdir: Folder of the embedded MLflow store (ignored when MLFLOW_TRACKING_URI is set).
-        parent_run_id: MLflow run to nest this stage's run under (set by the pipeline).
     """
-    return run_evaluate(model, store, dataset, output, split, overlays, device, force, workdir, parent_run_id)
+    ctx = current()
+    return run_evaluate(model, store, dataset, output, split, overlays, device, force, ctx.workdir, ctx.parent_run_id)
+
+
+def publish_evaluation(summary: dict[str, Any], dataset: str, split: str, model: str, output: str) -> None:
+    """The run's result artifact: Dice, HD95 (mm) and NSD per class (mean over cases, and how many
+    cases had a finite value), then the pooled row."""
+    groups = [*(summary.get("per_class") or {}).items(), ("overall", summary.get("overall") or {})]
+    rows = []
+    for name, metrics in groups:
+        row: dict[str, Any] = {"class": name}
+        for metric in ("dice", "hd95", "nsd"):
+            stats = metrics.get(metric) or {}
+            row[f"{metric}_mean"] = stats.get("mean")
+            row[f"{metric}_n"] = stats.get("n")
+        rows.append(row)
+    key = artifacts.artifact_key("evaluate", dataset, Path(output.rstrip("/")).name)
+    artifacts.table(key, rows, f"{dataset} {split} split, {summary.get('n_cases', '?')} case(s), model "
+                               f"{redact_uri(model)}: per-class Dice, HD95 (mm), NSD")
 
 
 def local_files(folder: str, suffixes: tuple[str, ...]) -> list[str]:

@@ -10,13 +10,15 @@ Dask workers for ``nnodes`` > 1); ``<output>/metrics.jsonl`` is forwarded to MLf
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from prefect import flow, get_run_logger
 
 from flows.launch import LaunchSpec, launch_task
+from flows.stages.context import current
 from flows.stages.evaluate import resolve_init, run_evaluate
 from flows.stages.keys import config_sections, manifest_hashes, resolve_config, stage_key, unchanged, write_marker
+from flows.stages.params import Device, Preset, Unset
 from flows.tracking.follow import TRACKING_LOCK, follow_metrics, register_parent, stage_run
 from pgl_core.config import PGLConfig, config_to_dict
 from storage import blobs
@@ -74,7 +76,7 @@ def run_finetune(store: str, dataset: str, output: str, cfg: PGLConfig, init: st
             sink.log_params({"init": init, "init_contract_hash": init_hash})
         flags = {"store": store, "dataset": dataset, "init": init_arg, "output": output, "device": device,
                  "labelled": None if labelled is None else repr(float(labelled)), "max-steps": max_steps}
-        with follow_metrics(sink, output):
+        with follow_metrics(sink, output, stage="finetune", total_steps=cfg.finetune.steps):
             nodes = launch_task(FINETUNE_MODULE, flags, cfg, spec)
         model_dir = join_uri(output, "model")
         if not blobs.exists(join_uri(model_dir, "contract.json")):
@@ -104,13 +106,12 @@ def run_finetune(store: str, dataset: str, output: str, cfg: PGLConfig, init: st
 
 @flow(name="finetune", log_prints=True)
 def finetune_flow(store: str, dataset: str, output: str, init: str = DEFAULT_INIT,
-                  preset: Literal["paper", "tiny"] = "paper", config: str | None = None,
-                  overrides: list[str] | None = None, labelled: float | None = None, seed: int | None = None,
-                  steps: int | None = None, nproc: int = 1, nnodes: int = 1, dask_address: str | None = None,
-                  threads: int | None = None,
-                  device: str | None = None, evaluate: bool = True, register_model: bool = True,
-                  force: bool = False, workdir: str | None = None,
-                  parent_run_id: str | None = None, max_steps: int | None = None) -> dict[str, Any]:
+                  preset: Preset = "paper", config: str | Unset = None,
+                  overrides: list[str] | Unset = None, labelled: float | Unset = None, seed: int | Unset = None,
+                  steps: int | Unset = None, nproc: int = 1, nnodes: int = 1, dask_address: str | Unset = None,
+                  threads: int | Unset = None,
+                  device: Device | Unset = None, evaluate: bool = True, register_model: bool = True,
+                  force: bool = False, max_steps: int | Unset = None) -> dict[str, Any]:
     """Fine-tune a segmenter on one dataset, evaluate it on its test split and register it.
 
     Args:
@@ -132,8 +133,6 @@ def finetune_flow(store: str, dataset: str, output: str, init: str = DEFAULT_INI
         evaluate: Evaluate on the test split after training (its mean Dice decides the champion).
         register_model: Register the segmenter as pgl-seg-DATASET in the MLflow model registry.
         force: Train even when config, dataset and init are unchanged since the last finished run.
-        workdir: Folder of the embedded MLflow store and model cache.
-        parent_run_id: MLflow run to nest this stage's run under (set by the pipeline).
         max_steps: Stop after this many steps of this run (resumable: the stage is done only when
             every step ran).
     """
@@ -144,6 +143,7 @@ def finetune_flow(store: str, dataset: str, output: str, init: str = DEFAULT_INI
         extra.append(f"finetune.steps={steps}")
     cfg = resolve_config(preset, config, extra)
     spec = LaunchSpec(nproc=nproc, nnodes=nnodes, dask_address=dask_address, threads=threads)
+    ctx = current()
     return run_finetune(store, dataset, output, cfg, init, labelled, spec, device, evaluate,
-                        register=register_model, force=force, workdir=workdir, parent_run_id=parent_run_id,
+                        register=register_model, force=force, workdir=ctx.workdir, parent_run_id=ctx.parent_run_id,
                         max_steps=max_steps)

@@ -24,10 +24,13 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import wait
 
+from flows import artifacts
 from flows.cluster import dask_task_runner
+from flows.stages.context import current, stage_context
 from flows.stages.finetune import finetune_flow
 from flows.stages.keys import resolve_config
-from flows.stages.preprocess import preprocess_flow
+from flows.stages.params import Device, Preset, Unset
+from flows.stages.preprocess import preprocess_flow, request_overrides
 from flows.stages.pretrain import encoder_output, pretrain_flow
 from flows.stages.results import study_results, summarise_results, summary_lines
 from flows.tracking.follow import TRACKING_LOCK, register_parent
@@ -71,7 +74,7 @@ def _preprocess_all(input: str, names: list[str], store: str, cfg: PGLConfig, fo
     for name in names:
         try:
             summary = preprocess_flow.with_options(task_runner=dask_task_runner(dask_address))(
-                join_uri(input, name), name, store, None, force, request)
+                join_uri(input, name), name, store, None, force, None, request_overrides(request))
         except Exception as err:  # noqa: BLE001 - one bad dataset does not stop the others
             failures.append(f"preprocess {name}: {type(err).__name__}: {err}")
             continue
@@ -160,12 +163,13 @@ def run_pipeline(input: str, store: str, output: str, cfg: PGLConfig, datasets: 
         parent = start_run(workdir, "pipeline", config=config_to_dict(cfg), manifests=manifests,
                            tags={"pgl.inits": ",".join(inits), "pgl.seeds": ",".join(map(str, seeds))})
         register_parent(parent)
-    common = {**(stage_args or {}), "force": force, "workdir": workdir, "parent_run_id": parent.run_id}
+    common = {**(stage_args or {}), "force": force}
     try:
-        encoders = _pretrain_all([m for m in ("pgl", "global") if m in inits], store, names, output, common,
-                                 failures)
-        jobs = finetune_grid(store, labelled_names, inits, seeds, encoders, output, labelled, common,
-                              parallel, failures, gate, gate_steps)
+        with stage_context(workdir=workdir, parent_run_id=parent.run_id):  # the stage subflows' runs nest
+            encoders = _pretrain_all([m for m in ("pgl", "global") if m in inits], store, names, output, common,
+                                     failures)
+            jobs = finetune_grid(store, labelled_names, inits, seeds, encoders, output, labelled, common,
+                                  parallel, failures, gate, gate_steps)
         items = [i for i in jobs if not i.get("gate")]
         gate_items = [i for i in jobs if i.get("gate")]
         results = {**study_results(items, gate_items), "mean_dice_all_classes": summarise_results(items)}
@@ -179,8 +183,11 @@ def run_pipeline(input: str, store: str, output: str, cfg: PGLConfig, datasets: 
     summary = {"datasets": names, "labelled": labelled_names, "pretrain": encoders, "finetune": items + gate_items,
                "results": results, "results_files": written, "failures": failures, "run_id": parent.run_id,
                "tracking_uri": parent.tracking_uri}
-    for line in summary_lines(summary):
+    lines = summary_lines(summary)
+    for line in lines:
         logger.info(line)
+    artifacts.markdown("pipeline-results", "```\n" + "\n".join(lines) + "\n```",
+                       f"pipeline: {len(items)} fine-tune(s), {len(failures)} failure(s); results.json in {output}")
     if failures:
         raise PipelineFailed(f"{len(failures)} work item(s) failed: " + "; ".join(failures))
     return summary
@@ -238,14 +245,14 @@ def finetune_grid(store: str, datasets: list[str], inits: list[str], seeds: list
 
 
 @flow(name="pipeline", log_prints=True)
-def pipeline_flow(input: str, store: str, output: str, datasets: list[str] | None = None,
-                  preset: Literal["paper", "tiny"] = "paper", config: str | None = None,
-                  overrides: list[str] | None = None,
+def pipeline_flow(input: str, store: str, output: str, datasets: list[str] | Unset = None,
+                  preset: Preset = "paper", config: str | Unset = None,
+                  overrides: list[str] | Unset = None,
                   inits: list[Literal["pgl", "global", "random"]] = ["pgl"],  # noqa: B006 - shown in the UI
                   seeds: list[int] = [0],  # noqa: B006
-                  labelled: float | None = None, nproc: int = 1, nnodes: int = 1, dask_address: str | None = None,
-                  device: str | None = None, parallel: int | None = None, workdir: str | None = None,
-                  force: bool = False, gate: bool = False, gate_steps: int | None = None) -> dict[str, Any]:
+                  labelled: float | Unset = None, nproc: int = 1, nnodes: int = 1, dask_address: str | Unset = None,
+                  device: Device | Unset = None, parallel: int | Unset = None,
+                  force: bool = False, gate: bool = False, gate_steps: int | Unset = None) -> dict[str, Any]:
     """Preprocess every dataset, pretrain on all of them, fine-tune and evaluate every labelled one.
 
     Args:
@@ -264,7 +271,6 @@ def pipeline_flow(input: str, store: str, output: str, datasets: list[str] | Non
         dask_address: Dask scheduler for ingest and multi-node training (default: env PGL_DASK_ADDRESS).
         device: cpu, cuda or empty for automatic.
         parallel: Fine-tunes running at once (default: one per GPU, else one per two cores).
-        workdir: Folder of the embedded MLflow store, model cache and results.json copy.
         force: Redo every stage even when its inputs and config are unchanged.
         gate: Also fine-tune every labelled dataset from random init with all training labels (the
             study's supervised gate; results.json says whether it passed).
@@ -274,4 +280,4 @@ def pipeline_flow(input: str, store: str, output: str, datasets: list[str] | Non
     stage_args = {"preset": preset, "config": config, "overrides": list(overrides or []), "nproc": nproc,
                   "nnodes": nnodes, "dask_address": dask_address, "device": device}
     return run_pipeline(input, store, output, cfg, datasets, list(inits), [int(s) for s in seeds], labelled,
-                        stage_args, parallel, workdir, force, gate, gate_steps)
+                        stage_args, parallel, current().workdir, force, gate, gate_steps)

@@ -7,6 +7,7 @@ and summarises.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,15 +16,18 @@ from prefect import flow, get_run_logger, task
 from prefect.futures import as_completed
 from tqdm import tqdm
 
+from flows import artifacts
 from flows.cluster import dask_task_runner
 from flows.retries import retry_transient
+from flows.stages.keys import resolve_config
+from flows.stages.params import Unset
 from storage.errors import InputError
 from storage.ingest import CaseResult, choose_plan, ingest_case
 from storage.plan import Plan, PlanRequest
 from storage.readers import CaseSource, discover_cases
 from storage.store import DatasetStore
 from storage.store_root import check_store_root
-from storage.uri import check_uris, s3_options_from_env
+from storage.uri import check_uris, redact_uri, s3_options_from_env
 
 
 @dataclass
@@ -84,7 +88,8 @@ def discover_task(input: str, storage_options: dict | None) -> tuple[list[CaseSo
 
 def _collect(futures: dict, summary: PreprocessSummary, progress: bool) -> None:
     bar = tqdm(total=len(futures), desc=f"preprocess {summary.dataset}", unit="case", disable=not progress)
-    for fut in as_completed(list(futures)):
+    shown = artifacts.Progress(artifacts.artifact_key("preprocess", summary.dataset, "progress"), len(futures))
+    for n, fut in enumerate(as_completed(list(futures)), 1):
         source = futures[fut]
         try:
             res = CaseResult(**fut.result())
@@ -96,7 +101,19 @@ def _collect(futures: dict, summary: PreprocessSummary, progress: bool) -> None:
             (summary.done if res.status == "done" else summary.skipped).append(res.case_id)
         bar.set_postfix(done=len(summary.done), skipped=len(summary.skipped), failed=len(summary.failed))
         bar.update(1)
+        shown.update(n, f"{n}/{len(futures)} cases: {len(summary.done)} done, {len(summary.skipped)} skipped "
+                        f"(unchanged), {len(summary.failed)} failed")
     bar.close()
+
+
+def publish_summary(summary: PreprocessSummary) -> None:
+    """The run's result artifact ``preprocess-<dataset>``: one row per case (failed first, with the
+    reason), the summary line as its description."""
+    rows = [{"case": c, "status": "failed", "reason": redact_uri(r), "source": redact_uri(s)}
+            for c, s, r in summary.failed]
+    rows += [{"case": c, "status": "done", "reason": "", "source": ""} for c in summary.done]
+    rows += [{"case": c, "status": "skipped", "reason": "unchanged", "source": ""} for c in summary.skipped]
+    artifacts.table(artifacts.artifact_key("preprocess", summary.dataset), rows, redact_uri(summary.lines()[0]))
 
 
 def run_preprocess(input: str, dataset: str, store: str, cfg: PlanRequest | None = None,
@@ -124,12 +141,14 @@ def run_preprocess(input: str, dataset: str, store: str, cfg: PlanRequest | None
     summary.manifest_hash = ds.manifest_hash()
     for line in summary.lines():
         logger.info(line)
+    publish_summary(summary)
     return summary
 
 
 @flow(name="preprocess", log_prints=True, task_runner=dask_task_runner())
-def preprocess_flow(input: str, dataset: str, store: str, target_spacing_mm: list[float] | None = None,
-                    force: bool = False, config: PlanRequest | None = None) -> dict:
+def preprocess_flow(input: str, dataset: str, store: str, target_spacing_mm: list[float] | Unset = None,
+                    force: bool = False, config: str | Unset = None,
+                    overrides: list[str] | Unset = None) -> dict:
     """Convert raw CT into a chunked Zarr dataset (one task per case, on Dask).
 
     The Dask cluster comes from the environment: PGL_DASK_ADDRESS joins an existing scheduler,
@@ -142,14 +161,20 @@ def preprocess_flow(input: str, dataset: str, store: str, target_spacing_mm: lis
         store: Store root: a local folder or s3://bucket/prefix.
         target_spacing_mm: Output spacing (x, y, z) in mm; empty = the dataset's median spacing.
         force: Redo cases even when their source and plan are unchanged.
-        config: The `preprocess` config section (chunks, shards, compression, what is refused); empty =
-            the defaults.
+        config: YAML config file whose `preprocess` section is used (chunks, shards, compression, what
+            is refused; see deploy/configs/); empty = the defaults.
+        overrides: Config overrides `preprocess.key=value`, e.g. ["preprocess.zstd_level=3"] (like --set).
     """
-    cfg = (config or PlanRequest()).model_copy()
+    cfg = resolve_config("paper", config, overrides).preprocess
     if target_spacing_mm:
         cfg.target_spacing_mm = tuple(target_spacing_mm)
     summary = run_preprocess(input, dataset, store, cfg, force=force, progress=_progress_enabled())
     return summary.to_dict()
+
+
+def request_overrides(request: PlanRequest) -> list[str]:
+    """The ``preprocess.key=value`` overrides that make the flow's config section ``request``."""
+    return [f"preprocess.{key}={json.dumps(value)}" for key, value in request.model_dump(mode="json").items()]
 
 
 def _progress_enabled() -> bool:
@@ -161,5 +186,6 @@ def preprocess(input: str, dataset: str, store: str, cfg: PlanRequest | None = N
                n_workers: int | None = None) -> PreprocessSummary:
     """Run the preprocess flow (CLI and Python entry) with the chosen Dask cluster."""
     runner = dask_task_runner(dask_address, n_workers)
-    out = preprocess_flow.with_options(task_runner=runner)(input, dataset, store, None, force, cfg)
+    out = preprocess_flow.with_options(task_runner=runner)(input, dataset, store, None, force, None,
+                                                           request_overrides(cfg or PlanRequest()))
     return PreprocessSummary.from_dict(out)

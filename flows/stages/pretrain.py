@@ -13,7 +13,9 @@ from typing import Any, Literal
 from prefect import flow, get_run_logger
 
 from flows.launch import LaunchSpec, launch_task
+from flows.stages.context import current
 from flows.stages.keys import config_sections, manifest_hashes, resolve_config, stage_key, unchanged, write_marker
+from flows.stages.params import Device, Preset, Unset
 from flows.tracking.follow import TRACKING_LOCK, follow_metrics, stage_run
 from pgl_core.config import PGLConfig, config_to_dict
 from storage import blobs
@@ -65,7 +67,7 @@ def run_pretrain(store: str, datasets: list[str], output: str, cfg: PGLConfig, s
             sink.log_manifests({d: DatasetStore(store, d, storage_options).manifest() for d in datasets})
         flags = {"store": store, "datasets": ",".join(datasets), "output": output, "device": device,
                  "max-steps": max_steps}
-        with follow_metrics(sink, output, storage_options):
+        with follow_metrics(sink, output, storage_options, stage="pretrain", total_steps=cfg.train.steps):
             nodes = launch_task(PRETRAIN_MODULE, flags, cfg, spec)
         if not all(blobs.exists(join_uri(output, f), storage_options) for f in PRETRAIN_OUTPUTS):
             logger.info("pretrain -> %s: stopped after --max-steps %s; rerun to resume", output, max_steps)
@@ -80,13 +82,13 @@ def run_pretrain(store: str, datasets: list[str], output: str, cfg: PGLConfig, s
 
 
 @flow(name="pretrain", log_prints=True)
-def pretrain_flow(store: str, datasets: list[str], output: str, preset: Literal["paper", "tiny"] = "paper",
-                  config: str | None = None, overrides: list[str] | None = None,
-                  steps: int | None = None, mode: Literal["pgl", "global", "local"] | None = None,
-                  nproc: int = 1, nnodes: int = 1, dask_address: str | None = None,
-                  threads: int | None = None, device: str | None = None,
-                  register_model: bool = True, force: bool = False, workdir: str | None = None,
-                  parent_run_id: str | None = None, max_steps: int | None = None) -> dict[str, Any]:
+def pretrain_flow(store: str, datasets: list[str], output: str, preset: Preset = "paper",
+                  config: str | Unset = None, overrides: list[str] | Unset = None,
+                  steps: int | Unset = None, mode: Literal["pgl", "global", "local"] | Unset = None,
+                  nproc: int = 1, nnodes: int = 1, dask_address: str | Unset = None,
+                  threads: int | Unset = None, device: Device | Unset = None,
+                  register_model: bool = True, force: bool = False,
+                  max_steps: int | Unset = None) -> dict[str, Any]:
     """PGL self-supervised pretraining of an encoder; registers it as `pgl-encoder`.
 
     Args:
@@ -105,8 +107,6 @@ def pretrain_flow(store: str, datasets: list[str], output: str, preset: Literal[
         device: cpu, cuda or empty for automatic.
         register_model: Register the encoder in the MLflow model registry.
         force: Train even when config and inputs are unchanged since the last finished run.
-        workdir: Folder of the embedded MLflow store (ignored when MLFLOW_TRACKING_URI is set).
-        parent_run_id: MLflow run to nest this stage's run under (set by the pipeline).
         max_steps: Stop after this many steps of this run (resumable: the stage is done only when
             every step ran).
     """
@@ -117,8 +117,9 @@ def pretrain_flow(store: str, datasets: list[str], output: str, preset: Literal[
         extra.append(f"loss.mode={mode}")
     cfg = resolve_config(preset, config, extra)
     spec = LaunchSpec(nproc=nproc, nnodes=nnodes, dask_address=dask_address, threads=threads)
+    ctx = current()
     return run_pretrain(store, list(datasets), output, cfg, spec, device=device, register=register_model, force=force,
-                        workdir=workdir, parent_run_id=parent_run_id, max_steps=max_steps)
+                        workdir=ctx.workdir, parent_run_id=ctx.parent_run_id, max_steps=max_steps)
 
 
 def encoder_output(output_root: str, mode: str) -> str:

@@ -1,17 +1,26 @@
 """Stage runs in MLflow and the metrics that reach them: each stage's run (a child of the
 pipeline's run when there is one), and ``<output>/metrics.jsonl`` (written by the training's rank 0)
 forwarded to it while training runs and once more at the end.
+
+Inside a Prefect flow run the two UIs point at each other: the MLflow run is tagged
+``prefect.flow_run_id`` / ``prefect.flow_run_name`` (and ``prefect.flow_run_url`` when the Prefect UI's
+address is known), and the flow run gets an artifact ``<stage>-mlflow-run`` that links to the MLflow
+run (or names it and the ``mlflow ui`` command for a local store). While training runs, the flow
+run's ``<stage>-progress`` artifact shows the step reached, losses and throughput; at the end
+``<stage>-training`` holds a table of the losses over the run.
 """
 
 from __future__ import annotations
 
+import contextvars
 import json
 import threading
 from contextlib import contextmanager
 from typing import Any, Iterator
 
+from flows import artifacts
 from storage import blobs
-from storage.uri import join_uri
+from storage.uri import join_uri, redact_uri
 
 # One lock around MLflow calls of stages running in parallel threads (the embedded sqlite store
 # does not like concurrent writers); training itself runs outside it.
@@ -71,6 +80,7 @@ def stage_run(stage: str, workdir: str | None, parent_run_id: str | None, output
         else:
             extra = {"pgl.parent_run_id": parent_run_id} if parent_run_id else {}
             sink = start_run(workdir, stage, tags={"pgl.stage": stage, "pgl.output": output or "", **extra, **tags})
+        link_runs(stage, sink)
     try:
         yield sink
     except BaseException:
@@ -81,21 +91,75 @@ def stage_run(stage: str, workdir: str | None, parent_run_id: str | None, output
         sink.close("FINISHED")
 
 
+def link_runs(stage: str, sink: Any) -> None:
+    """Point the stage's MLflow run and the current Prefect flow run at each other (no-op outside a
+    flow run or offline)."""
+    info = artifacts.flow_run_info()
+    if not info or not getattr(sink, "run_id", None):
+        return
+    sink.set_tags(info)
+    key = artifacts.artifact_key(stage, "mlflow-run")
+    url = sink.ui_url()
+    if url:
+        artifacts.link(key, url, f"MLflow run {sink.run_id}", f"The {stage} stage's MLflow run (metrics, artifacts)")
+    else:
+        where = redact_uri(sink.tracking_uri or "")
+        artifacts.markdown(key, f"MLflow run `{sink.run_id}` in `{where}`.\n\nOpen it with "
+                                f"`mlflow ui --backend-store-uri {where}` (experiment `pgl`).",
+                           f"The {stage} stage's MLflow run")
+
+
+def _progress_text(row: dict[str, Any], total: int) -> str:
+    shown = [f"{k} {float(v):.4f}" for k, v in row.items() if "loss" in k and isinstance(v, (int, float))]
+    if isinstance(row.get("samples_per_s"), (int, float)):
+        shown.append(f"{float(row['samples_per_s']):.1f} samples/s")
+    return f"step {int(row['step'])}/{total}" + (": " + ", ".join(shown) if shown else "")
+
+
+def training_table(rows: list[dict[str, Any]], shown: int = 12) -> list[dict[str, Any]]:
+    """About ``shown`` metrics rows spread over the run (the last always), step + losses + Dice."""
+    rows = [r for r in rows if any("loss" in k or "dice" in k for k in r)]
+    if not rows:
+        return []
+    picks = sorted({round(i * (len(rows) - 1) / max(shown - 1, 1)) for i in range(shown)})
+    cols = ["step"] + sorted({k for r in rows for k in r if "loss" in k or "dice" in k})
+    return [{c: rows[i].get(c) for c in cols} for i in picks]
+
+
+def _publish_training(stage: str, output: str, total: int | None, storage_options: dict | None) -> None:
+    rows = training_table(read_metrics(output, storage_options))
+    if rows:
+        last = int(rows[-1]["step"])
+        artifacts.markdown(artifacts.artifact_key(stage, "training"), artifacts.markdown_table(rows),
+                           f"{stage}: losses over the run (step {last}{f'/{total}' if total else ''})")
+
+
 @contextmanager
 def follow_metrics(sink: Any, output: str, storage_options: dict | None = None,
-                   every_s: float = 5.0) -> Iterator[None]:
-    """Forward ``<output>/metrics.jsonl`` to ``sink`` while the body runs, and once more at the end."""
+                   every_s: float = 5.0, stage: str = "training", total_steps: int | None = None) -> Iterator[None]:
+    """Forward ``<output>/metrics.jsonl`` to ``sink`` while the body runs, and once more at the end;
+    inside a flow run, show the progress (``<stage>-progress``, of ``total_steps``) and the losses
+    (``<stage>-training``) as artifacts."""
     stop = threading.Event()
     state = {"forwarded": 0}
+    progress = artifacts.Progress(artifacts.artifact_key(stage, "progress"), total_steps or 1) if total_steps else None
+
+    def show() -> None:
+        rows = read_metrics(output, storage_options)
+        if progress is not None and rows:
+            progress.update(int(rows[-1]["step"]), _progress_text(rows[-1], progress.total))
 
     def loop() -> None:
         while not stop.wait(every_s):
             try:
                 state["forwarded"] = forward_metrics(sink, output, storage_options, state["forwarded"])
+                show()
             except Exception:  # noqa: BLE001 - following is best effort; the final pass counts
                 pass
 
-    thread = threading.Thread(target=loop, name="pgl-metrics-follower", daemon=True)
+    # the flow run's context travels with the thread, so its artifacts belong to that run
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(loop,), name="pgl-metrics-follower",
+                              daemon=True)
     thread.start()
     try:
         yield
@@ -103,3 +167,5 @@ def follow_metrics(sink: Any, output: str, storage_options: dict | None = None,
         stop.set()
         thread.join(timeout=every_s + 5)
         forward_metrics(sink, output, storage_options, state["forwarded"])
+        show()
+        _publish_training(stage, output, total_steps, storage_options)

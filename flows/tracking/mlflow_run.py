@@ -300,6 +300,18 @@ class MlflowSink:
             self.log_dict(manifest, f"{name}.json", "manifests")
         return hashes
 
+    def ui_url(self) -> str | None:
+        """This run's page in the MLflow UI of an http(s) tracking server; None for a local store
+        (open it with ``mlflow ui --backend-store-uri <tracking_uri>``) or when offline."""
+        uri = self.tracking_uri or ""
+        if not self.online or not uri.startswith(("http://", "https://")):
+            return None
+        try:
+            experiment_id = self._link.client.get_run(self.run_id).info.experiment_id
+        except Exception:  # noqa: BLE001 - a link is a convenience
+            return None
+        return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{self.run_id}"
+
     # -- nesting -------------------------------------------------------------------------
     def stage(self, stage: str, output_dir: str | None = None, storage_options: dict | None = None,
               tags: dict[str, Any] | None = None) -> "MlflowSink":

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from prefect import flow
 
+from flows.stages.context import stage_context
 from flows.stages.pipeline import PipelineFailed, finetune_grid, pipeline_flow
 from flows.stages.finetune import finetune_flow
 from tests.orchestration.conftest import TINY
@@ -23,8 +24,9 @@ def first_run(raw_root: Path, tmp_path_factory, monkeypatch_module):
     base = tmp_path_factory.mktemp("pipe")
     paths = {"store": str(base / "store"), "output": str(base / "out"), "workdir": str(base / "work")}
     t0 = time.perf_counter()
-    summary = pipeline_flow(str(raw_root), paths["store"], paths["output"], preset="tiny", overrides=TINY,
-                            inits=["pgl"], seeds=[0], workdir=paths["workdir"])
+    with stage_context(workdir=paths["workdir"]):
+        summary = pipeline_flow(str(raw_root), paths["store"], paths["output"], preset="tiny", overrides=TINY,
+                                inits=["pgl"], seeds=[0])
     return summary, paths, time.perf_counter() - t0
 
 
@@ -76,11 +78,37 @@ def test_pipeline_runs_every_stage_and_registers(first_run):
     assert float(champion.tags["pgl.metric.mean_dice"]) == pytest.approx(item["mean_dice"])
 
 
+def test_stage_runs_show_progress_results_and_their_mlflow_run(first_run):
+    """Through the (embedded) Prefect API: the fine-tune's flow run holds its training progress and
+    losses, the evaluation's per-class table and its MLflow run; the pipeline's run its results."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+
+    summary, paths, _ = first_run
+    [item] = summary["finetune"]
+    with get_client(sync_client=True) as client:
+        [ft] = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(
+            any_=["finetune-PhantomSpleen-pgl-seed0"])))
+        found = {a.key: a for a in sorted(client.read_artifacts(), key=lambda a: a.created)
+                 if a.flow_run_id == ft.id}
+        pipeline = [a for a in client.read_artifacts() if a.key == "pipeline-results"]
+    assert float(found["finetune-progress"].data) == 100.0 and "step 3/3" in found["finetune-progress"].description
+    assert "loss" in found["finetune-training"].data
+    table = found["evaluate-phantomspleen-eval-test"]
+    rows = json.loads(table.data) if isinstance(table.data, str) else table.data
+    assert [r["class"] for r in rows] == [*item["per_class"], "overall"]
+    assert rows[-1]["dice_mean"] == pytest.approx(item["mean_dice"], abs=1e-4)
+    assert item["run_id"] in found["finetune-mlflow-run"].data
+    assert _client(paths["workdir"]).get_run(item["run_id"]).data.tags["prefect.flow_run_id"] == str(ft.id)
+    assert pipeline and "Dice" in pipeline[-1].data
+
+
 def test_rerun_skips_unchanged_stages(first_run, raw_root: Path):
     summary, paths, first_seconds = first_run
     t0 = time.perf_counter()
-    again = pipeline_flow(str(raw_root), paths["store"], paths["output"], preset="tiny", overrides=TINY,
-                          inits=["pgl"], seeds=[0], workdir=paths["workdir"])
+    with stage_context(workdir=paths["workdir"]):
+        again = pipeline_flow(str(raw_root), paths["store"], paths["output"], preset="tiny", overrides=TINY,
+                              inits=["pgl"], seeds=[0])
     seconds = time.perf_counter() - t0
     print(f"pipeline rerun, nothing changed: {seconds:.1f} s (first run {first_seconds:.1f} s)")
     assert again["pretrain"]["pgl"]["status"] == "skipped"
@@ -93,8 +121,8 @@ def test_finetune_alone_resolves_the_champion_encoder(first_run):
     summary, paths, _ = first_run
     out = str(Path(paths["output"]) / "finetune" / "PhantomSpleen" / "pgl-seed0")
     # same output and the champion is the encoder the pipeline used: the same key, so skipped
-    res = finetune_flow(paths["store"], "PhantomSpleen", out, preset="tiny", overrides=TINY, seed=0,
-                        workdir=paths["workdir"])
+    with stage_context(workdir=paths["workdir"]):
+        res = finetune_flow(paths["store"], "PhantomSpleen", out, preset="tiny", overrides=TINY, seed=0)
     assert res["status"] == "skipped" and res["init"] == "models:/pgl-encoder/1"
 
 
@@ -106,14 +134,14 @@ def test_failures_are_isolated_and_named(first_run, raw_root: Path, tmp_path: Pa
     def grid() -> tuple[list, list]:
         failures: list[str] = []
         items = finetune_grid(paths["store"], ["PhantomSpleen"], ["pgl", "global"], [0], encoders,
-                               paths["output"], None, {"preset": "tiny", "overrides": TINY,
-                                                       "workdir": paths["workdir"]}, 2, failures)
+                               paths["output"], None, {"preset": "tiny", "overrides": TINY}, 2, failures)
         return items, failures
 
-    items, failures = grid()
+    with stage_context(workdir=paths["workdir"]):
+        items, failures = grid()
     assert [(i["init_name"], i["status"]) for i in items] == [("pgl", "skipped")]
     assert len(failures) == 1 and failures[0].startswith("finetune PhantomSpleen init global seed 0")
-    with pytest.raises(PipelineFailed, match="preprocess NoSuchDataset"):
+    with pytest.raises(PipelineFailed, match="preprocess NoSuchDataset"), stage_context(workdir=paths["workdir"]):
         pipeline_flow(str(raw_root), paths["store"], paths["output"],
                       datasets=["PhantomPool", "PhantomSpleen", "NoSuchDataset"], preset="tiny", overrides=TINY,
-                      inits=["pgl"], seeds=[0], workdir=paths["workdir"])
+                      inits=["pgl"], seeds=[0])

@@ -1,9 +1,13 @@
 """``pgl serve`` against a real Prefect server on loopback: a stage's deployment triggered through
-the client exactly as the UI does runs only that stage, to Completed, and writes its outputs."""
+the client exactly as the UI does runs only that stage, to Completed, and writes its outputs; its
+run page shows logs, progress and a result (read back through the API), links to its MLflow run
+(and back); the deployment forms have no internal parameters and no "type None" toggles."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -36,13 +40,20 @@ def prefect_api(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def served(prefect_api, tmp_path_factory):
-    env = dict(os.environ, PREFECT_API_URL=prefect_api, PREFECT_RUNNER_POLL_FREQUENCY="1",
+def serve_workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("serve-work")
+
+
+@pytest.fixture(scope="module")
+def served(prefect_api, serve_workdir, tmp_path_factory):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING_URI")}  # the runs use --workdir's
+    env = dict(env, PREFECT_API_URL=prefect_api, PREFECT_RUNNER_POLL_FREQUENCY="1",
                PREFECT_HOME=str(tmp_path_factory.mktemp("serve-home")), PYTHONPATH=str(REPO),
                PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="true", PGL_PROGRESS="0")
     log = tmp_path_factory.mktemp("serve-log") / "serve.log"
     with open(log, "wb") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve"], env=env, stdout=fh,
+        proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", "--workdir", str(serve_workdir)],
+                                env=env, stdout=fh,
                                 stderr=subprocess.STDOUT, cwd=str(REPO))
     yield proc, log
     t0 = time.perf_counter()
@@ -65,7 +76,8 @@ def _wait_for_deployments(api: str, names: list[str], timeout_s: float = 120) ->
     raise TimeoutError(f"deployments {names} not registered within {timeout_s} s")
 
 
-def test_served_pretrain_deployment_runs_only_that_stage(prefect_api, served, synthetic_store, tmp_path):
+def test_served_pretrain_deployment_runs_only_that_stage(prefect_api, served, serve_workdir, synthetic_store,
+                                                        tmp_path):
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -76,7 +88,7 @@ def test_served_pretrain_deployment_runs_only_that_stage(prefect_api, served, sy
     assert proc.poll() is None, log.read_text()[-3000:]
     out = tmp_path / "pretrain"
     params = {"store": synthetic_store, "datasets": ["dsa", "dsb"], "output": str(out), "preset": "tiny",
-              "overrides": SMALL, "device": "cpu", "workdir": str(tmp_path / "work")}
+              "overrides": SMALL, "device": "cpu"}
     t0 = time.perf_counter()
     with temporary_settings({PREFECT_API_URL: prefect_api}):
         run = run_deployment("pretrain/pretrain", parameters=params, timeout=300, poll_interval=1)
@@ -98,6 +110,96 @@ def test_served_pretrain_deployment_runs_only_that_stage(prefect_api, served, sy
         messages = [entry.message for entry in logs if entry.level == 20]
     assert any("pretrain ->" in m and "done" in m for m in messages), messages
     assert any("pretraining completed at step 2/2" in m for m in messages)  # the training's own output
+
+    found = _artifacts(prefect_api, run.id)
+    assert found["pretrain-progress"].type == "progress" and float(found["pretrain-progress"].data) == 100.0
+    assert "step 2/2" in found["pretrain-progress"].description
+    training = found["pretrain-training"]
+    assert training.type == "markdown" and "| step |" in training.data and "loss" in training.data
+    # the two UIs point at each other: the flow run names its MLflow run, which names the flow run
+    link = found["pretrain-mlflow-run"]
+    mlflow_run = _mlflow_run(serve_workdir, link.data)
+    assert mlflow_run.data.tags["prefect.flow_run_id"] == str(run.id)
+    url = mlflow_run.data.tags["prefect.flow_run_url"]  # the page of this run in the server's own UI
+    assert url.startswith(prefect_api.removesuffix("/api")) and url.endswith(f"/flow-run/{run.id}"), url
+    assert mlflow_run.data.tags["pgl.output"] == str(out)
+
+
+def _artifacts(api: str, flow_run_id) -> dict:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: api}):
+        with get_client(sync_client=True) as client:
+            found = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(
+                any_=[flow_run_id])))
+    latest = {}
+    for art in sorted(found, key=lambda a: a.created):
+        latest[art.key] = art
+    return latest
+
+
+def _mlflow_run(workdir: Path, text: str):
+    import re
+
+    import mlflow
+
+    run_id = re.search(r"MLflow run `([0-9a-f]+)`", text).group(1)
+    uri = f"sqlite:///{workdir.resolve() / 'mlflow' / 'mlflow.db'}"
+    assert uri in text  # where it is, and the command that opens it
+    return mlflow.MlflowClient(tracking_uri=uri).get_run(run_id)
+
+
+def test_served_preprocess_run_shows_progress_and_a_table_of_cases(prefect_api, served, raw_root, tmp_path):
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    proc, log = served
+    _wait_for_deployments(prefect_api, ["preprocess/preprocess"])
+    raw = tmp_path / "raw"
+    shutil.copytree(raw_root / "PhantomSpleen", raw)
+    (raw / "imagesTr" / "broken_case.nii.gz").write_bytes(b"not a volume")
+    (raw / "labelsTr" / "broken_case.nii.gz").write_bytes(b"not a volume")
+    params = {"input": str(raw), "dataset": "spleen", "store": str(tmp_path / "store"),
+              "overrides": ["preprocess.zstd_level=2"]}
+    with temporary_settings({PREFECT_API_URL: prefect_api}):
+        run = run_deployment("preprocess/preprocess", parameters=params, timeout=300, poll_interval=1)
+    assert run.state.is_completed(), (run.state.message, log.read_text()[-3000:])
+    found = _artifacts(prefect_api, run.id)
+    progress = found["preprocess-spleen-progress"]
+    assert float(progress.data) == 100.0 and "5/5 cases: 4 done" in progress.description
+    rows = found["preprocess-spleen"].data
+    rows = json.loads(rows) if isinstance(rows, str) else rows
+    by_status = {}
+    for row in rows:
+        by_status.setdefault(row["status"], []).append(row)
+    assert len(by_status["done"]) == 4 and len(by_status["failed"]) == 1
+    assert "broken_case" in by_status["failed"][0]["case"] and by_status["failed"][0]["reason"]
+    assert "4 done, 0 skipped (unchanged), 1 failed" in found["preprocess-spleen"].description
+    # the config convention: overrides reached the plan
+    attrs = json.loads((tmp_path / "store" / "spleen" / "zarr.json").read_text())["attributes"]
+    assert attrs["pgl_dataset"]["plan"]["zstd_level"] == 2
+
+
+def test_deployment_forms_hide_internals_and_show_optional_fields_plainly(prefect_api, served):
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    _wait_for_deployments(prefect_api, ["pretrain/pretrain", "pipeline/pipeline"])
+    with temporary_settings({PREFECT_API_URL: prefect_api}):
+        with get_client(sync_client=True) as client:
+            schemas = {d.name: d.parameter_openapi_schema for d in client.read_deployments()}
+    assert set(schemas) == {"preprocess", "pretrain", "finetune", "evaluate", "pipeline"}
+    for name, schema in schemas.items():
+        props = schema["properties"]
+        assert not {"workdir", "parent_run_id"} & set(props), name
+        for field, spec in props.items():
+            assert "anyOf" not in spec, (name, field, spec)  # Prefect's form shows it as a type toggle
+            assert spec.get("description"), (name, field)
+        if name != "evaluate":  # one configuration convention: a YAML file plus overrides
+            assert props["config"]["type"] == "string" and props["overrides"]["type"] == "array", name
+    assert schemas["pretrain"]["properties"]["device"]["enum"] == ["cpu", "cuda"]
 
 
 def test_the_ui_of_a_server_started_on_another_port_points_at_that_port(prefect_api):
