@@ -53,7 +53,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input", required=True, nargs="+", type=uri_arg, metavar="FILE_OR_DIR",
                    help="One or more CT files (.nii.gz, .nii, .nrrd, .nhdr, .mha, .mhd), DICOM series folders, "
                    "or folders of them (searched like pgl preprocess's input; path or s3://).")
-    p.add_argument("--output", required=True, type=uri_arg,
+    p.add_argument("--output", required=True, type=uri_arg, metavar="FILE_OR_DIR",
                    help="A label map file (.nii.gz, .nii, .nrrd or .mha) for one input case, or an output folder "
                    "(a name without a file suffix) that gets CASE.nii.gz and its label files per case.")
     p.add_argument("--force", action="store_true", help="Predict again cases whose outputs are complete for this "
@@ -154,12 +154,13 @@ def _rounded(value: float | None) -> str:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """Apply a segmenter (with its preprocessing contract) to CT volumes (NIfTI / NRRD / MHA) and
-    DICOM series. Each case gets a label map in its input's geometry, an ITK-SNAP label description
-    file (NAME.label_descriptions.txt) and a 3D Slicer colour table (NAME.ctbl) with the model's class
-    names and colours, with --dicom-seg a DICOM SEG (NAME.seg.dcm) for DICOM inputs, and a completion
-    record (NAME.prediction.json, written last). --output FILE: one case (a file or a folder holding one
-    series); --output FOLDER: every case found in the inputs, as FOLDER/CASE.*, where CASE is a volume's
-    file stem or dcm-<hash> for a DICOM series. Complete cases are skipped (--force redoes them); a case
+    DICOM series. Each case gets CASE.nii.gz, a label map in its input's geometry, with the model's
+    class names and colours beside it as an ITK-SNAP label description file
+    (CASE.label_descriptions.txt) and a 3D Slicer colour table (CASE.ctbl); with --dicom-seg, a DICOM
+    SEG (CASE.seg.dcm) for DICOM inputs; and a completion record (CASE.prediction.json, written last).
+    --output FILE: one case (a file or a folder holding one series), CASE is FILE without its suffix;
+    --output FOLDER: every case found in the inputs, as FOLDER/CASE.*, where CASE is a volume's file
+    stem or dcm-<hash> for a DICOM series. Complete cases are skipped (--force redoes them); a case
     that fails is reported with its reason, the others are predicted, and the exit status is 1."""
     from storage import blobs
     from storage.writers import WRITABLE_SUFFIXES
