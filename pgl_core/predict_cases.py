@@ -22,7 +22,7 @@ from pgl_core.contracts import SegmenterContract, load_segmenter
 from pgl_core.predict import input_source, pick_device, predict_volume
 from pgl_core.predict_outputs import CaseOutputs, forget, is_complete, model_fingerprint, write_record
 from storage import blobs
-from storage.dicom_seg import write_dicom_seg
+from storage.dicom_seg import source_headers, write_dicom_seg
 from storage.errors import StorageError
 from storage.label_files import write_label_files
 from storage.plan import read_options
@@ -101,14 +101,15 @@ def predict_case(seg: Segmenter, source: CaseSource, outputs: CaseOutputs, dicom
                  storage_options: dict | None = None) -> dict[str, Any]:
     """Predict one case and write its outputs (module doc); returns its record."""
     forget(outputs, storage_options)
+    is_dicom = source.kind == "dicom"
+    headers = source_headers(source, storage_options) if dicom_seg and is_dicom else None  # fails early
     image, _, meta = read_case(source, storage_options=storage_options, **read_options(seg.contract.plan))
     labels = predict_volume(seg.model, seg.contract, image, seg.device)
     names = dict(seg.contract.label_names)
     write_volume(labels, outputs.label_map, storage_options)
     write_label_files(outputs.label_map, names, storage_options)
-    is_dicom = source.kind == "dicom"
-    if dicom_seg and is_dicom:
-        write_dicom_seg(labels, source, names, outputs.dicom_seg, seg.version, storage_options)
+    if headers is not None:
+        write_dicom_seg(labels, source, names, outputs.dicom_seg, seg.version, storage_options, headers=headers)
     else:  # a SEG left from an earlier prediction would no longer match the label map
         blobs.delete_uri(outputs.dicom_seg, storage_options)
     return write_record(outputs, source.case_id, seg.fingerprint, names, meta["source_checksum"], is_dicom,

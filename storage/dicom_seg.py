@@ -41,7 +41,10 @@ SEG_SUFFIX = ".seg.dcm"
 _POSITION_TOL_MM = 0.01
 
 
-def _source_headers(source: CaseSource, storage_options: dict | None) -> list[Dataset]:
+def source_headers(source: CaseSource, storage_options: dict | None = None) -> list[Dataset]:
+    """The series' headers (no pixels), one per ``source.image_uris`` in that order; RefusedInput
+    when a SEG cannot be made from it (not DICOM, enhanced multi-frame): call it before the work to
+    fail early, and pass the result to :func:`write_dicom_seg`."""
     if source.kind != "dicom":
         raise RefusedInput(source.image_uris[0], "a DICOM SEG needs a DICOM source series")
     with local_copies(list(source.image_uris), storage_options) as local:
@@ -111,14 +114,15 @@ def segment_numbers_array(labels: np.ndarray, numbers: Mapping[int, int]) -> np.
 
 def write_dicom_seg(labels: Volume, source: CaseSource, label_names: Mapping[int | str, str], out_uri: str,
                     software_version: str, storage_options: dict | None = None,
-                    series_description: str = "pgl-ct segmentation") -> dict:
+                    series_description: str = "pgl-ct segmentation", headers: list[Dataset] | None = None) -> dict:
     """Write ``labels`` ((z, y, x) label values on the source grid) as a DICOM SEG referencing the
-    series of ``source``; returns {"uri", "frames", "segments", "referenced_series_uid"}."""
+    series of ``source`` (``headers``: its :func:`source_headers`, read here when None); returns
+    {"uri", "frames", "segments", "referenced_series_uid"}."""
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
     names = {int(k): str(v) for k, v in label_names.items()}
-    headers, uris = _ordered(_source_headers(source, storage_options), source.image_uris)
+    headers, uris = _ordered(headers or source_headers(source, storage_options), source.image_uris)
     _check_grid(labels, headers, uris)
     algorithm = hd.AlgorithmIdentificationSequence(name="pgl-ct segmenter", version=software_version[:64],
                                                    family=codes.cid7162.ArtificialIntelligence)

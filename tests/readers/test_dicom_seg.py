@@ -65,3 +65,14 @@ def test_property_codes():
     assert (category.value, kind.value) == ("49755003", "108369006")
     _, local = property_codes("my organ", 5)
     assert (local.scheme_designator, local.value, local.meaning) == (LOCAL_SCHEME, "PGL5", "my organ")
+
+
+def test_an_enhanced_multiframe_source_is_refused_before_any_work(tmp_path):
+    from storage.dicom_seg import source_headers
+    from tests.readers.synth import write_enhanced
+
+    write_enhanced(tmp_path / "enh" / "enh.dcm", z_positions=[4.0, 0.0, 2.0], slopes=[1.0] * 3,
+                   intercepts=[-1024.0] * 3)
+    (source,), _, _ = discover_cases(str(tmp_path / "enh"))
+    with pytest.raises(RefusedInput, match="enhanced"):
+        source_headers(source)
