@@ -177,6 +177,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if "." in name and not Path(args.output).is_dir():
         raise UsageError(f"--output {args.output}: name a label map file ending with one of "
                          + ", ".join(WRITABLE_SUFFIXES) + ", or an output folder (a name without a file suffix)")
+    for uri in args.input:
+        if "://" not in uri and Path(uri).is_dir() and Path(args.output).resolve().is_relative_to(Path(uri).resolve()):
+            raise UsageError(f"--output {args.output} lies inside --input {uri}: its label maps and SEGs would be "
+                             "read as inputs next time; choose an output folder outside the inputs")
     return _predict_folder(args)
 
 

@@ -125,3 +125,6 @@ def test_usage_errors_of_the_new_modes(trained, tmp_path, capsys):
     code, printed = _predict(capsys, "--model", trained.model_dir, "--input", str(empty), "--output",
                              str(tmp_path / "o"))
     assert code == 2 and "no CT volume" in printed.err and str(empty) in printed.err
+    code, printed = _predict(capsys, "--model", trained.model_dir, "--input", str(tmp_path), "--output",
+                             str(tmp_path / "preds"))
+    assert code == 2 and "lies inside --input" in printed.err
