@@ -1,6 +1,6 @@
 """``pgl finetune``, ``pgl evaluate`` and ``pgl predict``: the segmentation side of the command line.
 ``finetune`` and ``evaluate`` run their stages' flows (key, skip, MLflow run, registration);
-``predict`` applies a model to one scan."""
+``predict`` applies a model to scans (one file, or folders of them)."""
 
 from __future__ import annotations
 
@@ -46,13 +46,20 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    "(default pgl-work; MLFLOW_TRACKING_URI takes precedence).")
     p.set_defaults(handler=cmd_evaluate)
 
-    p = sub.add_parser("predict", help="Segment a CT file or DICOM series folder.",
+    p = sub.add_parser("predict", help="Segment CT files, DICOM series or folders of them.",
                        description=cmd_predict.__doc__)
     p.add_argument("--model", required=True, type=model_arg, help="Model folder, a pgl finetune output folder "
                    "(its model/ is used), models:/NAME@ALIAS or runs:/RUN/model.")
-    p.add_argument("--input", required=True, type=uri_arg, help="Input file or DICOM series folder (path or s3://).")
-    p.add_argument("--output", required=True, type=uri_arg,
-                   help="Output label map (.nii.gz, .nii, .nrrd or .mha; path or s3://).")
+    p.add_argument("--input", required=True, nargs="+", type=uri_arg, metavar="FILE_OR_DIR",
+                   help="One or more CT files (.nii.gz, .nii, .nrrd, .nhdr, .mha, .mhd), DICOM series folders, "
+                   "or folders of them (searched like pgl preprocess's input; path or s3://).")
+    p.add_argument("--output", required=True, type=uri_arg, metavar="FILE_OR_DIR",
+                   help="A label map file (.nii.gz, .nii, .nrrd or .mha) for one input case, or an output folder "
+                   "(a name without a file suffix) that gets CASE.nii.gz and its label files per case.")
+    p.add_argument("--force", action="store_true", help="Predict again cases whose outputs are complete for this "
+                   "model (they are otherwise skipped and reported).")
+    p.add_argument("--dicom-seg", action="store_true", help="Also write CASE.seg.dcm, a DICOM SEG referencing the "
+                   "source series, for every DICOM input (other inputs get none and are reported).")
     add_device_args(p)
     p.set_defaults(handler=cmd_predict)
 
@@ -145,22 +152,99 @@ def _rounded(value: float | None) -> str:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    """Apply a segmenter (with its preprocessing contract) to one NIfTI / NRRD / MHA file or DICOM
-    series folder; the label map is written in the input's geometry."""
-    from pgl_core.predict import predict_file
+    """Apply a segmenter (with its preprocessing contract) to CT volumes (NIfTI / NRRD / MHA) and
+    DICOM series. Each case gets CASE.nii.gz, a label map in its input's geometry, with the model's
+    class names and colours beside it as an ITK-SNAP label description file
+    (CASE.label_descriptions.txt) and a 3D Slicer colour table (CASE.ctbl); with --dicom-seg, a DICOM
+    SEG (CASE.seg.dcm) for DICOM inputs; and a completion record (CASE.prediction.json, written last).
+    --output FILE: one case (a file or a folder holding one series), CASE is FILE without its suffix;
+    --output FOLDER: every case found in the inputs, as FOLDER/CASE.*, where CASE is a volume's file
+    stem or dcm-<hash> for a DICOM series. Complete cases are skipped (--force redoes them); a case
+    that fails is reported with its reason, the others are predicted, and the exit status is 1."""
     from storage import blobs
-    from storage.errors import StorageError
     from storage.writers import WRITABLE_SUFFIXES
 
-    if not args.output.lower().endswith(WRITABLE_SUFFIXES):
+    for uri in args.input:
+        if not blobs.exists(uri):
+            raise UsageError(f"--input {uri} does not exist")
+    name = args.output.rstrip("/").rsplit("/", 1)[-1]
+    if args.output.lower().endswith(WRITABLE_SUFFIXES):
+        if len(args.input) > 1:
+            raise UsageError(f"--output {args.output} is one label map, but {len(args.input)} inputs were given: "
+                             "name an output folder instead")
+        return _predict_one(args)
+    if "." in name and not Path(args.output).is_dir():
         raise UsageError(f"--output {args.output}: name a label map file ending with one of "
-                         + ", ".join(WRITABLE_SUFFIXES))
-    if not blobs.exists(args.input):
-        raise UsageError(f"--input {args.input} does not exist")
+                         + ", ".join(WRITABLE_SUFFIXES) + ", or an output folder (a name without a file suffix)")
+    for uri in args.input:
+        if "://" not in uri and Path(uri).is_dir() and Path(args.output).resolve().is_relative_to(Path(uri).resolve()):
+            raise UsageError(f"--output {args.output} lies inside --input {uri}: its label maps and SEGs would be "
+                             "read as inputs next time; choose an output folder outside the inputs")
+    return _predict_folder(args)
+
+
+def _predict_one(args: argparse.Namespace) -> int:
+    """Single-file mode: one case, errors in one line on stderr."""
+    from pgl_core.predict_cases import predict_one
+    from storage.errors import StorageError
+
+    model_dir = model_dir_of(args.model)
     try:
-        out = predict_file(model_dir_of(args.model), args.input, args.output, device=args.device)
+        summary = predict_one(model_dir, args.input[0], args.output, force=args.force, dicom_seg=args.dicom_seg,
+                              device=args.device)
     except StorageError as err:
         print(f"pgl predict: {err}", file=sys.stderr)
         return EXIT_PARTIAL
-    print(f"wrote {out}")
+    if summary.failed:
+        _, where, reason = summary.failed[0]
+        print(f"pgl predict: {where}: {reason}", file=sys.stderr)
+        return EXIT_PARTIAL
+    if summary.skipped:
+        print(f"skipped {args.output}: already predicted by this model (--force redoes it)")
+        return EXIT_OK
+    extra = " and a DICOM SEG" if summary.dicom_seg else ""
+    print(f"wrote {args.output} with its ITK-SNAP label descriptions and Slicer colour table{extra}")
+    if summary.not_dicom:
+        print("no DICOM SEG: the input is not a DICOM series")
     return EXIT_OK
+
+
+def _predict_folder(args: argparse.Namespace) -> int:
+    """Folder mode: every case of the inputs, a progress bar, a summary naming each failure."""
+    import os
+
+    from tqdm import tqdm
+
+    from pgl_core.predict_cases import gather_cases, predict_cases
+
+    cases, problems, ignored = gather_cases(args.input)
+    if not cases and not problems:
+        raise UsageError("no CT volume (.nii, .nii.gz, .nrrd, .mha, .mhd) or DICOM series found in "
+                         + ", ".join(args.input))
+    model_dir = model_dir_of(args.model)
+    with tqdm(total=len(cases), desc="predict", unit="case", disable=os.environ.get("PGL_PROGRESS", "1") == "0") as bar:
+        def advance(case_id: str, status: str) -> None:
+            bar.set_postfix_str(f"{case_id} {status}")
+            bar.update(1)
+
+        summary = predict_cases(model_dir, args.input, args.output, force=args.force, dicom_seg=args.dicom_seg,
+                                device=args.device, progress=advance, cases=cases)
+    summary.failed[:0] = [("(input)", where, why) for where, why in problems]
+    summary.ignored += ignored
+    for line in summary_lines(summary, args.output):
+        print(line)
+    return EXIT_OK if summary.ok else EXIT_PARTIAL
+
+
+def summary_lines(summary, output: str) -> list[str]:
+    """What a folder-mode prediction prints: counts, then one line per failure."""
+    lines = [f"predict -> {output}: {len(summary.done)} done, {len(summary.skipped)} skipped (already predicted "
+             f"by this model; --force redoes them), {len(summary.failed)} failed"]
+    if summary.dicom_seg or summary.not_dicom:
+        lines.append(f"  DICOM SEG: {len(summary.dicom_seg)} written, none for {len(summary.not_dicom)} "
+                     "non-DICOM case(s)")
+    lines += [f"  FAILED {case}: {reason} [{where}]" for case, where, reason in summary.failed]
+    if summary.ignored:
+        lines.append(f"  ignored {len(summary.ignored)} DICOM object(s) without pixel data: "
+                     + ", ".join(where for where, _ in summary.ignored[:5]))
+    return lines

@@ -1,4 +1,5 @@
-"""Overlay PNG: written, the expected size, non-trivial, physical aspect, centred on the foreground."""
+"""Overlay PNG: written, the expected size, non-trivial, physical aspect, centred on the foreground;
+one colour per class (the label files' palette) and a legend naming each class."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from pgl_core.evaluation.overlays import foreground_centroid, save_overlays, slice_views
+from pgl_core.evaluation.overlays import foreground_centroid, overlay_figure, save_overlays, slice_views
+from storage.palette import colour_of
 
 
 def phantom(shape=(20, 48, 40)):
@@ -20,19 +22,40 @@ def phantom(shape=(20, 48, 40)):
     return image, truth, pred
 
 
+def _near(png: np.ndarray, rgb: tuple[int, int, int], tol: float = 0.1) -> int:
+    """Pixels within ``tol`` (0..1 per channel) of an 8-bit colour."""
+    return int((np.abs(png[..., :3] - np.asarray(rgb) / 255.0) < tol).all(axis=-1).sum())
+
+
 @pytest.mark.parametrize("with_truth", [True, False])
 def test_png_is_written_with_the_expected_size_and_content(tmp_path, with_truth):
     image, truth, pred = phantom()
     out = save_overlays(image, truth if with_truth else None, pred, (3.0, 0.8, 0.8),
                         str(tmp_path / "sub" / "case_001.png"), {1: "liver", 2: "kidney"}, panel_px=200)
     png = imread(out)
-    assert png.shape[:2] == (200, 600)
+    assert png.shape[:2] == (224, 600)
     assert float(png[..., :3].var()) > 0
-    colours = png[..., :3].reshape(-1, 3)
-    magenta = ((colours[:, 0] > 0.8) & (colours[:, 1] < 0.3) & (colours[:, 2] > 0.8)).sum()
-    green = ((colours[:, 0] < 0.3) & (colours[:, 1] > 0.8) & (colours[:, 2] < 0.3)).sum()
-    assert magenta > 0
-    assert (green > 0) == with_truth
+    panels = png[:176]  # above the legend strip: contours only
+    assert _near(panels, colour_of(1)) > 20 and _near(panels, colour_of(2)) > 5
+    assert _near(panels, (255, 0, 255)) == 0  # no more one-colour-for-all predictions
+
+
+@pytest.mark.parametrize("with_truth", [True, False])
+def test_legend_names_every_class_with_its_own_colour(with_truth):
+    from matplotlib.colors import to_hex
+
+    image, truth, pred = phantom()
+    names = {0: "background", 1: "liver", 2: "kidney", 3: "spleen"}
+    fig = overlay_figure(image, truth if with_truth else None, pred, (3.0, 0.8, 0.8), names, panel_px=100)
+    (legend,) = fig.legends
+    texts = [t.get_text() for t in legend.get_texts()]
+    assert texts == ["liver", "kidney", "spleen"] + (["truth"] if with_truth else []) + ["prediction"]
+    patches = legend.legend_handles[:3]
+    faces = [to_hex(p.get_facecolor()) for p in patches]
+    assert faces == [to_hex(np.asarray(colour_of(v)) / 255.0) for v in (1, 2, 3)]
+    assert len(set(faces)) == 3
+    styles = [h.get_linestyle() for h in legend.legend_handles[3:]]
+    assert styles == (["-", "--"] if with_truth else ["--"])
 
 
 def test_slices_pass_through_the_foreground_centroid_with_physical_aspect():
