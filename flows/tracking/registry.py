@@ -42,7 +42,7 @@ from mlflow.exceptions import MlflowException
 
 from flows.tracking.descriptions import version_description
 from flows.tracking.mlflow_run import tracking_uri as default_tracking_uri
-from flows.tracking.pyfunc_model import ARTIFACT_KEY, SIGNATURE, pip_requirements
+from flows.tracking.pyfunc_model import ARTIFACT_KEY, SIGNATURE, code_paths, pip_requirements
 from pgl_core.contracts import ENCODER_KIND, SEGMENTER_KIND, read_contract
 
 ENCODER_MODEL = "pgl-encoder"
@@ -195,7 +195,7 @@ def _log_pyfunc(local_dir: str, run_id: str | None, contract: dict[str, Any], cl
         code = Path(tmp) / "pgl_pyfunc_model.py"
         code.write_text(_MODEL_CODE)
         kwargs = dict(name="model", python_model=str(code), artifacts={ARTIFACT_KEY: local_dir},
-                      pip_requirements=pip_requirements(), signature=SIGNATURE,
+                      code_paths=code_paths(tmp), pip_requirements=pip_requirements(), signature=SIGNATURE,
                       metadata={"pgl_contract": contract, "pgl_lineage": contract.get("lineage") or {}})
         if run_id is None:
             return mlflow.pyfunc.log_model(**kwargs)
