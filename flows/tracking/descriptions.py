@@ -82,8 +82,8 @@ def encoder_description(name: str, version: str, contract: dict[str, Any]) -> st
     mode = contract.get("mode")
     patch = contract.get("patch_vox")
     spacing = contract.get("spacing_mm")
-    lines = [f"PGL-pretrained 3D U-Net encoder{f' (mode {mode})' if mode else ''}: the initialisation of "
-             "segmenters, not a predictor itself.", "",
+    lines = [f"Self-supervised pretrained 3D U-Net encoder{f' (mode {mode})' if mode else ''}: the "
+             "initialisation of segmenters, not a predictor itself.", "",
              f"- pretrained on: {_datasets(contract.get('datasets') or {})}",
              f"- steps: {contract.get('steps', '?')}"]
     if patch:
