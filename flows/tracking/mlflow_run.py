@@ -306,6 +306,8 @@ class MlflowSink:
 
     def log_inputs(self, store: str, manifests: dict[str, dict[str, Any]], context: str) -> None:
         """Each dataset of ``store`` in ``manifests`` as an MLflow run input (:mod:`flows.tracking.inputs`)."""
+        if not self.online:
+            return
         from flows.tracking.inputs import dataset_input
 
         inputs = [dataset_input(store, name, manifest, context) for name, manifest in manifests.items()]
