@@ -91,6 +91,8 @@ class _Run:
     pre: PretrainContract | None
     init: str
     swap: torch.Tensor | None = None  # left/right label twins (seg_augment.lateral_swap_table)
+    init_ref: str | None = None  # what ``init`` was resolved from (models:/NAME/N): the contract's init
+    init_run: str | None = None  # the run that produced the init: the contract's lineage
 
 
 def _label_names(manifest: dict[str, Any], dataset: str) -> dict[int, str]:
@@ -168,15 +170,20 @@ def _check_resume(cfg: PGLConfig, run: _Run, checkpoint: dict[str, Any], uri: st
 def run_finetuning(cfg: PGLConfig, store_root: str, dataset: str, init: str, output_uri: str,
                    storage_options: dict | None = None, sink: MetricsSink | None = None,
                    max_steps: int | None = None, labelled: float | None = None,
-                   device: str | None = None) -> FinetuneResult:
+                   device: str | None = None, init_ref: str | None = None,
+                   init_run: str | None = None) -> FinetuneResult:
     """Fine-tune on ``dataset`` from ``init`` ("random" or a pretraining output URI); write checkpoints,
-    ``split.json``, ``metrics.jsonl`` and (when complete) ``model/`` under ``output_uri``."""
+    ``split.json``, ``metrics.jsonl`` and (when complete) ``model/`` under ``output_uri``.
+
+    ``init_ref``: the reference ``init`` is a local copy of (e.g. ``models:/pgl-encoder/3``), recorded
+    in the model's contract instead of the local path; ``init_run``: the run that produced it."""
     from storage.store import DatasetStore
 
     cfg = _with_budget(cfg, labelled)
     world = start_world(device, cfg.finetune.tf32, cfg.finetune.batch_size, "finetune.batch_size")
     store = DatasetStore(store_root, dataset, storage_options=storage_options)
     run = prepare_run(cfg, store, dataset, init, labelled, storage_options)
+    run.init_ref, run.init_run = init_ref, init_run
     raw, left = build_model(cfg, run, storage_options)
     raw = raw.to(world.device)
     state = TrainState(raw, build_optimizer(raw, cfg))
@@ -238,8 +245,9 @@ def _write_model(cfg: PGLConfig, run: _Run, raw: nn.Module, res: FinetuneResult,
                "steps": res.steps}
     plan = run.manifest.get("plan") or {}
     contract = SegmenterContract.build(config_to_dict(cfg), run.num_classes, run.label_names,
-                                       plan.get("target_spacing_mm"), run.norm, run.init, run.pre,
-                                       run.store.dataset, run.store.manifest_hash(), run.split, metrics, plan)
+                                       plan.get("target_spacing_mm"), run.norm, run.init_ref or run.init, run.pre,
+                                       run.store.dataset, run.store.manifest_hash(), run.split, metrics, plan,
+                                       init_run=run.init_run)
     contract.write(res.model_dir.rsplit("/", 1)[0] + "/" + name, state, storage_options)
 
 
@@ -340,6 +348,9 @@ def _save(s: _Session, state: TrainState, best: dict[str, Any], val_history: lis
 def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", required=True, help="Labelled dataset name in the store.")
     p.add_argument("--init", default="random", help="'random' or a pretraining output URI.")
+    p.add_argument("--init-ref", default=None,
+                   help="The reference --init is a local copy of (models:/NAME/N), recorded in the contract.")
+    p.add_argument("--init-run", default=None, help="The run that produced --init, recorded in the lineage.")
     p.add_argument("--output", required=True, help="Run output URI (checkpoints, split.json, model/).")
     p.add_argument("--labelled", type=float, default=None, help="Labelled training cases: count >= 1 or fraction < 1.")
 
@@ -351,7 +362,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def train(cfg: PGLConfig) -> FinetuneResult:
         return run_finetuning(cfg, args.store, args.dataset, args.init, args.output, max_steps=args.max_steps,
-                              labelled=args.labelled, device=args.device)
+                              labelled=args.labelled, device=args.device, init_ref=args.init_ref,
+                              init_run=args.init_run)
 
     return run_main(args, train, _summary, "fine-tuning")
 

@@ -19,8 +19,10 @@ from flows.retries import retry_transient
 from flows.stages.context import current
 from flows.stages.keys import contract_hash, manifest_hashes, stage_key, unchanged, write_marker
 from flows.stages.params import Device, Unset
+from flows.tracking.eval_metrics import evaluation_metrics
 from flows.tracking.follow import TRACKING_LOCK, stage_run
 from pgl_core.evaluation.report import class_dice
+from storage.store import DatasetStore
 from storage.uri import check_uri, check_uris, redact_uri
 
 
@@ -35,20 +37,22 @@ def model_folder(uri: str) -> str:
     return uri
 
 
-def resolve_init(init: str, workdir: str | None) -> tuple[str, str]:
-    """``(init argument for the training module, init hash)``; registered models are downloaded."""
+def resolve_init(init: str, workdir: str | None) -> tuple[str, str, dict[str, str | None] | None]:
+    """``(init argument for the training module, init hash, registry reference)``; registered models
+    are downloaded, and the reference is what they were resolved to (``{"uri": "models:/NAME/N",
+    "run_id": ...}``, an alias pinned to its version), None for ``random`` and folders."""
     if init == "random":
-        return "random", "random"
+        return "random", "random", None
     if init.startswith(("models:/", "runs:/")):
         from flows.tracking.mlflow_run import tracking_uri
-        from flows.tracking.registry import resolve_model
+        from flows.tracking.registry import resolve_pinned
 
         cache = str(Path(workdir) / "model-cache") if workdir else None
         with TRACKING_LOCK:
-            local = resolve_model(init, cache_dir=cache, tracking_uri=tracking_uri(workdir))
-        return local, contract_hash(local)
+            local, pin = resolve_pinned(init, cache_dir=cache, tracking_uri=tracking_uri(workdir))
+        return local, contract_hash(local), {"uri": pin.uri, "run_id": pin.run_id}
     folder = model_folder(check_uri(init, "init"))
-    return folder, contract_hash(folder)
+    return folder, contract_hash(folder), None
 
 
 def _mean_dice(summary: dict[str, Any]) -> float | None:
@@ -74,7 +78,7 @@ def run_evaluate(model: str, store: str, dataset: str, output: str, split: str =
     """Body of the evaluate flow; ``output`` is a local folder (tables, overlays, stage.json)."""
     logger = get_run_logger()
     check_uris(store=store, output=output)
-    model_dir, model_hash = resolve_init(model, workdir)
+    model_dir, model_hash, model_ref = resolve_init(model, workdir)
     hashes = manifest_hashes(store, [dataset])
     key = stage_key("evaluate", {}, hashes, model_hash, {"split": split, "overlays": overlays})
     previous = None if force else unchanged(output, key, [])
@@ -83,11 +87,13 @@ def run_evaluate(model: str, store: str, dataset: str, output: str, split: str =
         return {**previous, "status": "skipped"}
     with stage_run("evaluate", workdir, parent_run_id, output, {"pgl.dataset": dataset}) as sink:
         summary = evaluate_task(model_dir, store, dataset, output, split, overlays, device)
+        metrics = evaluation_metrics(summary, split)
         with TRACKING_LOCK:
-            sink.log_params({"model": model, "dataset": dataset, "split": split})
+            sink.log_params({"model": model, "dataset": dataset, "split": split,
+                             **({"model_version": model_ref["uri"]} if model_ref else {})})
+            sink.log_manifests({dataset: DatasetStore(store, dataset).manifest()}, store, "evaluation")
             dice = _mean_dice(summary)
-            if dice is not None:
-                sink.log_metrics(0, {"mean_dice": dice})
+            sink.log_metrics(0, {**({"mean_dice": dice} if dice is not None else {}), **metrics})
             sink.log_dict(summary, "summary.json", "eval")
             tables = local_files(output, (".csv", ".json"))
             if tables:
@@ -96,7 +102,7 @@ def run_evaluate(model: str, store: str, dataset: str, output: str, split: str =
             if pngs:
                 sink.log_artifacts(pngs, "overlays")
     result = {"stage": "evaluate", "status": "done", "dataset": dataset, "model": model, "output": output,
-              "key": key, "mean_dice": _mean_dice(summary), "split": split, "run_id": sink.run_id,
+              "key": key, "mean_dice": _mean_dice(summary), "split": split, "run_id": sink.run_id, "metrics": metrics,
               "overall": summary.get("overall"), "per_class": class_dice(summary)}
     write_marker(output, key, result)
     publish_evaluation(summary, dataset, split, model, output)

@@ -60,7 +60,7 @@ def run_finetune(store: str, dataset: str, output: str, cfg: PGLConfig, init: st
     "done", "skipped", or "stopped" when ``max_steps`` ended this run early: rerun to resume)."""
     logger = get_run_logger()
     check_uris(store=store, output=output)
-    init_arg, init_hash = resolve_init(init, workdir)
+    init_arg, init_hash, init_ref = resolve_init(init, workdir)
     hashes = manifest_hashes(store, [dataset])
     key = finetune_key(cfg, hashes, init_hash, labelled, evaluate, split)
     previous = None if force else unchanged(output, key, ["model/contract.json"])
@@ -72,10 +72,12 @@ def run_finetune(store: str, dataset: str, output: str, cfg: PGLConfig, init: st
         register_parent(sink)
         with TRACKING_LOCK:
             sink.log_config(config_to_dict(cfg))
-            sink.log_manifests({dataset: DatasetStore(store, dataset).manifest()})
-            sink.log_params({"init": init, "init_contract_hash": init_hash})
+            sink.log_manifests({dataset: DatasetStore(store, dataset).manifest()}, store, "training")
+            sink.log_params({"init": init, "init_contract_hash": init_hash,
+                             **({"init_model": init_ref["uri"]} if init_ref else {})})
         flags = {"store": store, "dataset": dataset, "init": init_arg, "output": output, "device": device,
-                 "labelled": None if labelled is None else repr(float(labelled)), "max-steps": max_steps}
+                 "labelled": None if labelled is None else repr(float(labelled)), "max-steps": max_steps,
+                 "init-ref": (init_ref or {}).get("uri"), "init-run": (init_ref or {}).get("run_id")}
         with follow_metrics(sink, output, stage="finetune", total_steps=cfg.finetune.steps):
             nodes = launch_task(FINETUNE_MODULE, flags, cfg, spec)
         model_dir = join_uri(output, "model")
@@ -93,6 +95,9 @@ def run_finetune(store: str, dataset: str, output: str, cfg: PGLConfig, init: st
                                  split, overlays=0, device=device, force=True, workdir=workdir,
                                  parent_run_id=sink.run_id)
         dice = evaluation["mean_dice"] if evaluation else None
+        if evaluation:  # the headline test metrics on the fine-tuning run too (same names)
+            with TRACKING_LOCK:
+                sink.log_metrics(cfg.finetune.steps, evaluation.get("metrics") or {})
         registration = _register(model_dir, dataset, sink.run_id, dice, sink.tracking_uri) if register else None
     result = {"stage": "finetune", "status": "done", "dataset": dataset, "init": init, "seed": cfg.finetune.seed,
               "output": output, "model_dir": model_dir, "key": key, "nodes": nodes, "run_id": sink.run_id,

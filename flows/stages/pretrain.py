@@ -64,7 +64,8 @@ def run_pretrain(store: str, datasets: list[str], output: str, cfg: PGLConfig, s
     with stage_run("pretrain", workdir, parent_run_id, output, tags) as sink:
         with TRACKING_LOCK:
             sink.log_config(config_to_dict(cfg))
-            sink.log_manifests({d: DatasetStore(store, d, storage_options).manifest() for d in datasets})
+            sink.log_manifests({d: DatasetStore(store, d, storage_options).manifest() for d in datasets}, store,
+                               "training")
         flags = {"store": store, "datasets": ",".join(datasets), "output": output, "device": device,
                  "max-steps": max_steps}
         with follow_metrics(sink, output, storage_options, stage="pretrain", total_steps=cfg.train.steps):

@@ -1,8 +1,8 @@
 """The MLflow tracking adapter: one parent run per pipeline run, one nested child run per stage.
 
 Only the tracking adapter (``flows/tracking/``) imports mlflow: this module (runs, params, metrics,
-artifacts), ``registry.py`` (registered models, aliases, ``resolve_model``) and
-``pyfunc_model.py`` (the pyfunc wrapper). Everything else talks to MLflow through them;
+artifacts), ``inputs.py`` (datasets as run inputs), ``registry.py`` (registered models, aliases,
+``resolve_model``) and ``pyfunc_model.py`` (the pyfunc wrapper). Everything else talks to MLflow through them;
 ``pgl_core`` only sees the :class:`pgl_core.sinks.MetricsSink` protocol that
 :class:`MlflowSink` implements.
 
@@ -289,8 +289,10 @@ class MlflowSink:
         self.log_dict(config, "config.yaml", "config")
         self.log_dict(config, "config.json", "config")
 
-    def log_manifests(self, manifests: dict[str, dict[str, Any]]) -> dict[str, str]:
-        """Log dataset manifests (JSON artifacts) and their hashes (params and tags)."""
+    def log_manifests(self, manifests: dict[str, dict[str, Any]], store: str | None = None,
+                      context: str | None = None) -> dict[str, str]:
+        """Log dataset manifests (JSON artifacts) and their hashes (params and tags); with ``store``
+        and ``context`` ("training", "evaluation") also each dataset as a run input."""
         from storage.manifest import manifest_hash
 
         hashes = {name: manifest_hash(m) for name, m in manifests.items()}
@@ -298,6 +300,8 @@ class MlflowSink:
         self.set_tags({f"pgl.dataset.{n}.manifest_hash": h for n, h in hashes.items()})
         for name, manifest in manifests.items():
             self.log_dict(manifest, f"{name}.json", "manifests")
+        if store is not None and context is not None:
+            self.log_inputs(store, manifests, context)
         return hashes
 
     def ui_url(self) -> str | None:
@@ -311,6 +315,15 @@ class MlflowSink:
         except Exception:  # noqa: BLE001 - a link is a convenience
             return None
         return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{self.run_id}"
+
+    def log_inputs(self, store: str, manifests: dict[str, dict[str, Any]], context: str) -> None:
+        """Each dataset of ``store`` in ``manifests`` as an MLflow run input (:mod:`flows.tracking.inputs`)."""
+        if not self.online:
+            return
+        from flows.tracking.inputs import dataset_input
+
+        inputs = [dataset_input(store, name, manifest, context) for name, manifest in manifests.items()]
+        self._call("log_inputs", self._link.client.log_inputs, self.run_id, datasets=inputs)
 
     # -- nesting -------------------------------------------------------------------------
     def stage(self, stage: str, output_dir: str | None = None, storage_options: dict | None = None,

@@ -11,12 +11,21 @@ plus ``contract.json``). Prediction is whatever the contract names in ``"predict
 Input: a pandas DataFrame, a list of records or one record, with columns ``input`` and
 ``output`` (local paths or ``s3://`` URIs; an input may be a DICOM series folder).
 Output: a DataFrame with one column ``output`` (the written URIs, in input order).
+
+Servable in a fresh environment: the model ships the project's packages (``flows``, ``pgl_core``,
+``storage``) as MLflow ``code_paths`` (``code/`` in the model, put on ``sys.path`` when it loads),
+and its ``requirements.txt`` pins the runtime dependencies that code imports at the versions of
+the logging environment, as an index serves them (local version labels such as torch's ``+cpu``
+dropped: ``torch==2.13.0`` matches the CPU build on a CPU index and the CUDA one on PyPI).
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import importlib.util
+import shutil
+from pathlib import Path
 from typing import Any, Callable
 
 import mlflow.pyfunc
@@ -31,21 +40,44 @@ SIGNATURE = ModelSignature(
     inputs=Schema([ColSpec("string", "input"), ColSpec("string", "output")]),
     outputs=Schema([ColSpec("string", "output")]),
 )
-# What a serving environment needs besides the pgl-ct package itself (installed there, e.g. in
-# the deploy image: the wrapper class and the predictor are imported from it, not copied).
-_RUNTIME_DISTS = ("mlflow", "torch", "numpy", "pandas", "SimpleITK", "pydicom", "cloudpickle",
-                  "pydantic", "pyyaml", "fsspec", "s3fs", "boto3")
+# The project's packages the model's code imports (the wrapper, the predictor and what they use),
+# shipped inside the model; and the distributions that code imports (``s3fs`` for s3:// inputs and
+# outputs), pinned in its requirements.
+CODE_PACKAGES = ("flows", "pgl_core", "storage")
+RUNTIME_DISTS = ("mlflow", "torch", "numpy", "pandas", "SimpleITK", "pydicom", "nibabel", "cloudpickle",
+                 "pydantic", "pyyaml", "fsspec", "s3fs")
+
+
+def public_version(version: str) -> str:
+    """``version`` without its local label (``2.13.0+cpu`` -> ``2.13.0``): what an index serves."""
+    return version.split("+", 1)[0]
 
 
 def pip_requirements() -> list[str]:
-    """Pinned requirements of the model's runtime (avoids MLflow's slow inference)."""
+    """Pinned requirements of the model's runtime (avoids MLflow's slow inference); a distribution
+    missing here is left out."""
     pins = []
-    for dist in _RUNTIME_DISTS:
+    for dist in RUNTIME_DISTS:
         try:
-            pins.append(f"{dist}=={importlib.metadata.version(dist)}")
+            pins.append(f"{dist}=={public_version(importlib.metadata.version(dist))}")
         except importlib.metadata.PackageNotFoundError:
             continue
     return pins
+
+
+def code_paths(folder: str | Path) -> list[str]:
+    """Copies of :data:`CODE_PACKAGES` (sources only, no caches) under ``folder``; their paths, for
+    ``log_model(code_paths=...)``."""
+    paths = []
+    for package in CODE_PACKAGES:
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            raise ModuleNotFoundError(f"package {package!r} (shipped with every model) is not importable")
+        dest = Path(folder) / "code" / package
+        shutil.copytree(list(spec.submodule_search_locations)[0], dest,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        paths.append(str(dest))
+    return paths
 
 
 def load_predictor(spec: str) -> Callable[[str, str, str], str]:

@@ -15,7 +15,11 @@ registrations of the same model racing each other may both compare against the o
 
 ``resolve_model(uri)`` accepts a local directory, ``models:/NAME@ALIAS``, ``models:/NAME/VERSION``
 or ``runs:/RUN_ID/PATH`` and returns a local directory holding the contract; downloads are cached
-(model versions are immutable).
+(model versions are immutable). ``pin_model`` turns an alias into the version it names now (and the
+run that logged it): what lineage records, never the local cache path.
+
+Every version gets a description (:mod:`flows.tracking.descriptions`: what it is, its datasets with
+manifest hash prefixes, its init, steps, test mean Dice and how to use it).
 """
 
 from __future__ import annotations
@@ -36,8 +40,9 @@ from typing import Any
 import mlflow
 from mlflow.exceptions import MlflowException
 
+from flows.tracking.descriptions import version_description
 from flows.tracking.mlflow_run import tracking_uri as default_tracking_uri
-from flows.tracking.pyfunc_model import ARTIFACT_KEY, SIGNATURE, pip_requirements
+from flows.tracking.pyfunc_model import ARTIFACT_KEY, SIGNATURE, code_paths, pip_requirements
 from pgl_core.contracts import ENCODER_KIND, SEGMENTER_KIND, read_contract
 
 ENCODER_MODEL = "pgl-encoder"
@@ -46,6 +51,17 @@ CANDIDATE = "candidate"
 CHAMPION = "champion"
 METRIC_KEY = "mean_dice"
 _TAG_MAX = 5000
+
+
+@dataclass(frozen=True)
+class ModelPin:
+    """A model reference pinned to what it names now: ``uri`` is ``models:/NAME/N`` (an alias resolved
+    to its version) or the ``runs:/`` URI as given; ``run_id`` the run that logged the model."""
+
+    uri: str
+    run_id: str | None
+    name: str | None = None
+    version: str | None = None
 
 
 @dataclass(frozen=True)
@@ -117,6 +133,11 @@ def _version_tags(contract: dict[str, Any], metrics: dict[str, float], extra: di
             tags[f"pgl.contract.{key}"] = _tag(contract[key])
     for key, value in (contract.get("lineage") or {}).items():
         tags[f"pgl.lineage.{key}"] = _tag(value)
+    pretraining = (contract.get("lineage") or {}).get("pretraining")
+    if isinstance(pretraining, dict):  # the init, searchable on its own
+        tags["pgl.lineage.init"] = _tag(pretraining.get("uri") or contract.get("init") or "")
+        if pretraining.get("run_id"):
+            tags["pgl.lineage.init_run"] = _tag(pretraining["run_id"])
     for name, digest in (contract.get("datasets") or {}).items():
         tags[f"pgl.dataset.{name}.manifest_hash"] = _tag(digest)
     tags.update({f"pgl.metric.{k}": repr(float(v)) for k, v in metrics.items()})
@@ -174,7 +195,7 @@ def _log_pyfunc(local_dir: str, run_id: str | None, contract: dict[str, Any], cl
         code = Path(tmp) / "pgl_pyfunc_model.py"
         code.write_text(_MODEL_CODE)
         kwargs = dict(name="model", python_model=str(code), artifacts={ARTIFACT_KEY: local_dir},
-                      pip_requirements=pip_requirements(), signature=SIGNATURE,
+                      code_paths=code_paths(tmp), pip_requirements=pip_requirements(), signature=SIGNATURE,
                       metadata={"pgl_contract": contract, "pgl_lineage": contract.get("lineage") or {}})
         if run_id is None:
             return mlflow.pyfunc.log_model(**kwargs)
@@ -207,6 +228,7 @@ def _register(name: str, local_dir: str, run_id: str | None, metrics: dict[str, 
     with _quiet_registration():
         mv = mlflow.register_model(info.model_uri, name, tags=tags)
     version = str(mv.version)
+    client.update_model_version(name, version, description=version_description(name, version, contract, metrics))
     client.set_registered_model_alias(name, CANDIDATE, version)
     metric = metrics.get(key)
     metric = float(metric) if metric is not None and math.isfinite(float(metric)) else None
@@ -316,23 +338,47 @@ def _parse_models_uri(uri: str) -> tuple[str, str | None, str | None]:
     return name, version, None
 
 
-def resolve_model(uri: str, cache_dir: str | Path | None = None, tracking_uri: str | None = None) -> str:
-    """A local model directory (with ``contract.json``) for a local dir or an MLflow model URI."""
+def pin_model(uri: str, tracking_uri: str | None = None) -> ModelPin:
+    """``models:/NAME@ALIAS`` -> the version the alias names now (``models:/NAME/N``) with the run
+    that logged it; ``models:/NAME/N`` and ``runs:/RUN_ID/PATH`` keep their URI."""
+    if uri.startswith("runs:/"):
+        return ModelPin(uri=uri, run_id=uri[len("runs:/"):].strip("/").split("/", 1)[0] or None)
+    if not uri.startswith("models:/"):
+        raise ValueError(f"{uri!r} is not a registry reference (models:/... or runs:/...)")
+    name, version, alias = _parse_models_uri(uri)
+    client, _ = _client(tracking_uri)
+    try:
+        found = client.get_model_version_by_alias(name, alias) if alias is not None else \
+            client.get_model_version(name, version)
+    except MlflowException as err:
+        missing = f"no version of {name!r} has alias {alias!r}" if alias is not None else \
+            f"model {name!r} has no version {version}"
+        raise LookupError(f"{uri}: {missing}") from err
+    version = str(found.version)
+    return ModelPin(uri=f"models:/{name}/{version}", run_id=found.run_id or None, name=name, version=version)
+
+
+def resolve_pinned(uri: str, cache_dir: str | Path | None = None,
+                   tracking_uri: str | None = None) -> tuple[str, ModelPin | None]:
+    """(local model directory, the pinned reference or None for a local dir): :func:`resolve_model`
+    that also says which version an alias named."""
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     if uri.startswith("models:/"):
-        name, version, alias = _parse_models_uri(uri)
-        client, tracking = _client(tracking_uri)
-        if alias is not None:
-            try:
-                version = str(client.get_model_version_by_alias(name, alias).version)
-            except MlflowException as err:
-                raise LookupError(f"{uri}: no version of {name!r} has alias {alias!r}") from err
-        root = _download(f"models:/{name}/{version}", cache / name / str(version), tracking)
-        return _model_dir_in(root, uri)
+        pin = pin_model(uri, tracking_uri)
+        _, tracking = _client(tracking_uri)
+        root = _download(pin.uri, cache / str(pin.name) / str(pin.version), tracking)
+        return _model_dir_in(root, uri), pin
     if uri.startswith("runs:/"):
         _, tracking = _client(tracking_uri)
         key = uri[len("runs:/"):].strip("/").replace("/", "__")
-        return _model_dir_in(_download(uri, cache / "runs" / key, tracking), uri)
+        return _model_dir_in(_download(uri, cache / "runs" / key, tracking), uri), pin_model(uri)
+    return resolve_model(uri), None
+
+
+def resolve_model(uri: str, cache_dir: str | Path | None = None, tracking_uri: str | None = None) -> str:
+    """A local model directory (with ``contract.json``) for a local dir or an MLflow model URI."""
+    if uri.startswith(("models:/", "runs:/")):
+        return resolve_pinned(uri, cache_dir, tracking_uri)[0]
     if "://" in uri and not uri.startswith("file://"):
         raise ValueError(f"model reference {uri!r}: use a local directory, models:/... or runs:/...")
     path = Path(uri.removeprefix("file://"))

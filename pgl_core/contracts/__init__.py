@@ -12,7 +12,10 @@ Two kinds of ``contract.json`` (format version 1), read, checked and written her
   input file into a label map), ``architecture`` (model config + ``num_classes``),
   ``in_channels``, ``label_names`` {str(value): name}, ``spacing_mm``, ``orientation``,
   ``hu_window``, ``normalisation`` {kind, mean_hu, std_hu}, ``patch_vox``, ``sw_overlap``,
-  ``init`` ("random" or the pretraining URI), ``pretrain_mode``, ``lineage``, ``split``,
+  ``init`` ("random", the pretraining URI or the registered encoder version it was resolved from,
+  ``models:/pgl-encoder/N``), ``pretrain_mode``, ``lineage`` (``dataset``, ``manifest_hash``,
+  ``pretraining``: the init's ``uri``, ``mode``, ``steps``, ``datasets`` and, when known, the
+  ``run_id`` of the run that produced it), ``split``,
   ``metrics``, the full ``config`` and ``plan``, the training dataset's plan (its reader settings,
   e.g. the plausible spacing range, also apply to prediction; ``{}`` in older contracts: defaults).
 

@@ -59,13 +59,17 @@ class SegmenterContract(Contract):
     def build(cls, cfg: dict[str, Any], num_classes: int, label_names: dict[Any, str],
               spacing_mm: list[float] | None, norm: IntensityNorm, init: str, pre: PretrainContract | None,
               dataset: str, manifest_hash: str, split: dict[str, Any], metrics: dict[str, Any],
-              plan: dict[str, Any] | None = None) -> SegmenterContract:
-        """The contract of a fine-tuning run (``cfg``: its config dict; ``pre``: the init's contract;
-        ``plan``: the training dataset's plan, whose reader settings prediction applies)."""
+              plan: dict[str, Any] | None = None, init_run: str | None = None) -> SegmenterContract:
+        """The contract of a fine-tuning run (``cfg``: its config dict; ``init``: the init's reference,
+        e.g. ``models:/pgl-encoder/3`` or a pretraining output URI; ``pre``: the init's contract;
+        ``plan``: the training dataset's plan, whose reader settings prediction applies;
+        ``init_run``: the run that produced the init, when known)."""
         lineage: dict[str, Any] = {"dataset": dataset, "manifest_hash": manifest_hash, "pretraining": None}
         if pre is not None:
             lineage["pretraining"] = {"uri": init, "mode": pre.mode, "steps": pre.steps,
                                       "datasets": dict(pre.datasets)}
+            if init_run:
+                lineage["pretraining"]["run_id"] = init_run
         return cls(
             architecture={"name": "SegmentationUNet", **cfg["model"], "num_classes": int(num_classes)},
             in_channels=int(cfg["model"]["in_channels"]),

@@ -76,6 +76,16 @@ def test_pipeline_runs_every_stage_and_registers(first_run):
     assert arts and all(p.endswith(".png") for p in arts)
     champion = client.get_model_version_by_alias("pgl-seg-PhantomSpleen", "champion")
     assert float(champion.tags["pgl.metric.mean_dice"]) == pytest.approx(item["mean_dice"])
+    # datasets are run inputs; the evaluation's per-class metrics reach the finetune and evaluate runs
+    inputs = {(i.dataset.name, {t.key: t.value for t in i.tags}["mlflow.data.context"])
+              for i in pre_run.inputs.dataset_inputs}
+    assert inputs == {("PhantomPool", "training"), ("PhantomSpleen", "training")}
+    assert ft_run.data.metrics["test_dice/spleen"] == pytest.approx(item["per_class"]["spleen"])
+    assert evals[0].data.metrics["test_mean_dice"] == pytest.approx(item["mean_dice"])
+    contract = json.loads((model_dir / "contract.json").read_text())
+    assert contract["lineage"]["pretraining"]["uri"] == "models:/pgl-encoder/1"
+    assert contract["lineage"]["pretraining"]["run_id"] == pre_run.info.run_id
+    assert "pgl predict --model models:/pgl-seg-PhantomSpleen/" in champion.description
 
 
 def test_stage_runs_show_progress_results_and_their_mlflow_run(first_run):

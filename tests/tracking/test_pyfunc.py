@@ -13,7 +13,8 @@ import SimpleITK as sitk
 from tests.tracking.standins import make_model_dir, write_ct
 
 ROOT = Path(__file__).resolve().parents[2]
-ADAPTER = {"flows/tracking/mlflow_run.py", "flows/tracking/registry.py", "flows/tracking/pyfunc_model.py"}
+ADAPTER = {"flows/tracking/mlflow_run.py", "flows/tracking/inputs.py", "flows/tracking/registry.py",
+           "flows/tracking/pyfunc_model.py"}
 
 
 def test_only_the_tracking_adapter_imports_mlflow() -> None:
