@@ -7,9 +7,10 @@ address the workers' jobs must reach::
 
     python deploy/slurm/dask_ingest.py --input /shared/raw/LiTS --store s3://pgl/store --dataset LiTS
 
-Each worker job gets the same environment as this process (``job_script_prologue`` below): the
-store credentials (``AWS_*``), ``PREFECT_API_URL`` when a Prefect server records the runs. The
-same cluster serves the CLI instead: ``pgl preprocess ... --dask-address <scheduler address>``.
+Each worker job inherits this process's environment (sbatch ``--export=ALL``): the store
+credentials (``AWS_*``) and ``PREFECT_API_URL`` when a Prefect server records the runs. They are not
+written into the job script (SLURM keeps job scripts where administrators can read them). The same
+cluster serves the CLI instead: ``pgl preprocess ... --dask-address <scheduler address>``.
 """
 
 from __future__ import annotations
@@ -17,29 +18,24 @@ from __future__ import annotations
 import argparse
 import os
 
-# forwarded to every worker job (values are read here, never written into this file)
-FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
-                 "PREFECT_API_URL", "MLFLOW_TRACKING_URI")
 
 
 def make_cluster(queue: str | None, account: str | None, jobs: int, walltime: str):
-    """A SLURMCluster of ``jobs`` single-worker jobs: 1 thread each (one volume at a time), 4 cores
-    for the codecs, 16 GiB; requeued by SLURM when preempted (Dask reruns the lost cases)."""
+    """A SLURMCluster of ``jobs`` single-worker jobs: 1 thread each (one volume at a time) on 4 booked
+    CPUs (the codecs use them), 16 GiB; requeued by SLURM when preempted (Dask reruns the lost cases)."""
     from dask_jobqueue import SLURMCluster
 
-    prologue = [f"export {k}={os.environ[k]!r}" for k in FORWARDED_ENV if k in os.environ]
-    if os.environ.get("VIRTUAL_ENV"):
-        prologue.insert(0, f"source {os.environ['VIRTUAL_ENV']}/bin/activate")
+    prologue = [f"source {os.environ['VIRTUAL_ENV']}/bin/activate"] if os.environ.get("VIRTUAL_ENV") else []
     cluster = SLURMCluster(
         queue=queue,
         account=account,
-        cores=4,
+        cores=1,          # Dask threads per job
         processes=1,
+        job_cpu=4,        # CPUs booked per job
         memory="16GiB",
         walltime=walltime,
         job_name="pgl-ingest",
-        job_extra_directives=["--requeue"],
-        worker_extra_args=["--nthreads", "1"],
+        job_extra_directives=["--requeue", "--export=ALL"],
         job_script_prologue=prologue,
         log_directory=os.path.expanduser("~/.pgl/dask-logs"),
     )
