@@ -32,7 +32,7 @@ from storage import blobs
 from storage.errors import RefusedInput
 from storage.palette import colour_of
 from storage.readers import CaseSource
-from storage.readers import _local_copies as local_copies
+from storage.readers import local_copies
 from storage.readers.dicom import read_dicom_file
 from storage.seg_terms import property_codes
 from storage.volume import Volume

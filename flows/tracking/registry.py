@@ -90,10 +90,22 @@ def segmenter_model_name(dataset: str) -> str:
     return SEGMENTER_PREFIX + dataset
 
 
+_URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
 def _client(uri: str | None) -> tuple[Any, str]:
     uri = uri or default_tracking_uri(None)
+    # MLflow's setters also export the URI to the environment (for subprocesses); ours choose it
+    # themselves, and a leftover MLFLOW_TRACKING_URI would pass for the user's choice in every later
+    # stage of this process (one with another work folder included): keep the environment as it was.
+    before = {k: os.environ.get(k) for k in _URI_VARIABLES}
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    for key, value in before.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
     return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri), uri
 
 

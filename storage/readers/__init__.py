@@ -35,7 +35,7 @@ def _is_local(uri: str) -> bool:
 
 
 @contextmanager
-def _local_copies(uris: list[str], storage_options: dict | None) -> Iterator[dict[str, str]]:
+def local_copies(uris: list[str], storage_options: dict | None) -> Iterator[dict[str, str]]:
     """Map each URI to a local path, downloading remote ones into a temporary folder."""
     if all(_is_local(u) for u in uris):
         yield {u: u.removeprefix("file://") for u in uris}
@@ -87,7 +87,7 @@ def read_case(source: CaseSource, allow_non_ct: bool = False, spacing_tolerance:
     ``original_size`` (x, y, z), ``modality``, ``format``.
     """
     uris = list(source.image_uris) + ([source.label_uri] if source.label_uri else [])
-    with _local_copies(uris, storage_options) as local:
+    with local_copies(uris, storage_options) as local:
         back = {v: k for k, v in local.items()}
         try:
             image, modality, fmt = _read_image(source, [local[u] for u in source.image_uris],

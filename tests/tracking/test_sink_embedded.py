@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import json
 from pathlib import Path
 
@@ -94,3 +95,15 @@ def test_embedded_registry_and_resolve(tmp_path: Path, no_server, capfd) -> None
     assert (Path(by_run) / "model.pt").read_bytes() == (Path(by_alias) / "model.pt").read_bytes()
     assert str((tmp_path / "work/mlflow/artifacts").resolve()) in \
         stage._link.client.get_run(stage.run_id).info.artifact_uri
+
+
+def test_a_registry_call_leaves_the_next_stage_its_own_work_folder(tmp_path: Path, no_server) -> None:
+    """MLflow's URI setters export MLFLOW_TRACKING_URI; the registry adapter must not leave it
+    behind, or every later stage of the process would record into the first one's folder."""
+    from flows.tracking import mlflow_run as tracking
+    from flows.tracking import registry
+
+    first = tracking.tracking_uri(tmp_path / "a")
+    registry.registered_models(tracking_uri=first)
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    assert tracking.tracking_uri(tmp_path / "b") == f"sqlite:///{(tmp_path / 'b' / 'mlflow' / 'mlflow.db').resolve()}"
