@@ -19,6 +19,7 @@ STEPS = ["finetune.steps=2", "finetune.eval_every=2"]
 
 @pytest.fixture(scope="module")
 def finetuned(tmp_path_factory):
+    from flows.stages.context import stage_context
     from flows.stages.finetune import finetune_flow
     from flows.tracking.mlflow_run import start_run
     from flows.tracking.registry import register_encoder
@@ -33,8 +34,9 @@ def finetuned(tmp_path_factory):
         with start_run(workdir, "pretrain") as pre:
             encoder = register_encoder(pre_out, pre.run_id, tracking_uri=pre.tracking_uri)
         out = str(base / "finetune")
-        result = finetune_flow(store, "kits", out, init="models:/pgl-encoder@champion", preset="tiny",
-                               overrides=[*FAST, *STEPS], threads=1, device="cpu", workdir=workdir)
+        with stage_context(workdir=workdir):
+            result = finetune_flow(store, "kits", out, init="models:/pgl-encoder@champion", preset="tiny",
+                                   overrides=[*FAST, *STEPS], threads=1, device="cpu")
     finally:
         mp.undo()
     return {"store": store, "workdir": workdir, "pre_run": pre.run_id, "encoder": encoder, "result": result,
