@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -131,9 +132,22 @@ def run_torchrun(module: str, args: list[str], nproc: int = 1, node: NodeSpec = 
             code = proc.wait()
         finally:
             restore()
+    if code not in (0, EXIT_PREEMPTED) and preempted_ranks(list(tail)):
+        code = EXIT_PREEMPTED
     if code not in (0, EXIT_PREEMPTED):
         raise LaunchError(code, list(tail), f"{module} ({nproc} process(es), node {node.node_rank})")
     return code
+
+
+_RANK_EXIT = re.compile(r"^\s*exitcode\s*:\s*(-?\d+)")
+
+
+def preempted_ranks(tail: list[str]) -> bool:
+    """True when torchrun's failure summary in ``tail`` lists only ranks that exited with the
+    preemption status: torchrun itself exits 1 whatever its ranks' statuses were, so a preempted
+    multi-process run would otherwise count as a failure and never be retried."""
+    codes = [int(m.group(1)) for line in tail if (m := _RANK_EXIT.match(line))]
+    return bool(codes) and all(c == EXIT_PREEMPTED for c in codes)
 
 class Preempted(RuntimeError):
     """Training exited with the preemption status after a checkpoint; a retry resumes it."""

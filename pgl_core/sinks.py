@@ -49,7 +49,9 @@ class JsonlSink:
 
     ``target`` is a local path or a URI. Local files are appended and flushed per record; remote
     URIs (``s3://...``) are buffered and rewritten atomically through ``storage.blobs`` every
-    ``flush_every`` records and on ``close()``.
+    ``flush_every`` records and on ``close()``, after the records the object already held (a
+    resumed run appends to its history there too; records after the last rewrite of a killed run
+    are lost, the steps after its last checkpoint are run again).
     """
 
     def __init__(self, target: str | Path, storage_options: dict | None = None, flush_every: int = 20) -> None:
@@ -60,7 +62,13 @@ class JsonlSink:
         self._lines: list[str] = []
         self._pending = 0
         self._fh = None
-        if not self._remote:
+        if self._remote:
+            from storage.blobs import exists, get_bytes
+
+            if exists(self.target, storage_options):
+                old = get_bytes(self.target, storage_options).decode("utf-8", errors="replace")
+                self._lines = [line for line in old.splitlines() if line.strip()]
+        else:
             path = Path(self.target.removeprefix("file://"))
             path.parent.mkdir(parents=True, exist_ok=True)
             self._fh = path.open("a", encoding="utf-8")

@@ -8,8 +8,11 @@ A model reference is a model directory or a registered model (``models:/NAME@ALI
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterator, Literal
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -75,7 +78,7 @@ def evaluate_task(model_dir: str, store: str, dataset: str, output: str, split: 
 def run_evaluate(model: str, store: str, dataset: str, output: str, split: str = "test", overlays: int = 3,
                  device: str | None = None, force: bool = False, workdir: str | None = None,
                  parent_run_id: str | None = None) -> dict[str, Any]:
-    """Body of the evaluate flow; ``output`` is a local folder (tables, overlays, stage.json)."""
+    """Body of the evaluate flow; ``output`` is a folder or URI (tables, overlays, stage.json)."""
     logger = get_run_logger()
     check_uris(store=store, output=output)
     model_dir, model_hash, model_ref = resolve_init(model, workdir)
@@ -85,8 +88,9 @@ def run_evaluate(model: str, store: str, dataset: str, output: str, split: str =
     if previous is not None:
         logger.info("evaluate %s -> %s: skipped (unchanged model and dataset)", dataset, output)
         return {**previous, "status": "skipped"}
-    with stage_run("evaluate", workdir, parent_run_id, output, {"pgl.dataset": dataset}) as sink:
-        summary = evaluate_task(model_dir, store, dataset, output, split, overlays, device)
+    with stage_run("evaluate", workdir, parent_run_id, output, {"pgl.dataset": dataset}) as sink, \
+            written_locally(output) as folder:
+        summary = evaluate_task(model_dir, store, dataset, folder, split, overlays, device)
         metrics = evaluation_metrics(summary, split)
         with TRACKING_LOCK:
             sink.log_params({"model": model, "dataset": dataset, "split": split,
@@ -95,10 +99,10 @@ def run_evaluate(model: str, store: str, dataset: str, output: str, split: str =
             dice = _mean_dice(summary)
             sink.log_metrics(0, {**({"mean_dice": dice} if dice is not None else {}), **metrics})
             sink.log_dict(summary, "summary.json", "eval")
-            tables = local_files(output, (".csv", ".json"))
+            tables = local_files(folder, (".csv", ".json"))
             if tables:
                 sink.log_artifacts([t for t in tables if not t.endswith("stage.json")], "eval")
-            pngs = local_files(output, (".png",))
+            pngs = local_files(folder, (".png",))
             if pngs:
                 sink.log_artifacts(pngs, "overlays")
     result = {"stage": "evaluate", "status": "done", "dataset": dataset, "model": model, "output": output,
@@ -120,7 +124,7 @@ def evaluate_flow(model: str, store: str, dataset: str, output: str,
         model: Model directory, or a registered model such as models:/pgl-seg-NAME@champion.
         store: Store root: a folder or s3://bucket/prefix.
         dataset: Labelled dataset name in the store.
-        output: Local folder for the tables (metrics.csv, metrics.json) and overlay PNGs.
+        output: Folder or URI for the tables (metrics.csv, metrics.json) and overlay PNGs.
         split: Which cases: the model's test, val or train split, or all labelled cases.
         overlays: Overlay PNGs written for the first cases.
         device: cpu, cuda or empty for automatic.
@@ -145,6 +149,25 @@ def publish_evaluation(summary: dict[str, Any], dataset: str, split: str, model:
     key = artifacts.artifact_key("evaluate", dataset, Path(output.rstrip("/")).name)
     artifacts.table(key, rows, f"{dataset} {split} split, {summary.get('n_cases', '?')} case(s), model "
                                f"{redact_uri(model)}: per-class Dice, HD95 (mm), NSD")
+
+
+@contextmanager
+def written_locally(output: str) -> Iterator[str]:
+    """A local folder for the evaluation's files: ``output`` itself when it is local, else a
+    temporary folder uploaded to ``output`` when the body succeeds (then removed)."""
+    from storage import blobs
+    from storage.uri import is_local, join_uri, local_path
+
+    if is_local(output):
+        yield local_path(output)
+        return
+    folder = Path(tempfile.mkdtemp(prefix="pgl-eval-"))
+    try:
+        yield str(folder)
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            blobs.put_bytes_atomic(join_uri(output, path.relative_to(folder).as_posix()), path.read_bytes())
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def local_files(folder: str, suffixes: tuple[str, ...]) -> list[str]:

@@ -48,3 +48,22 @@ def test_a_failing_node_fails_the_launch_with_its_output(cluster, synthetic_stor
     with pytest.raises(LaunchError) as info:
         launch("pgl_core.pretrain", flags, cfg, LaunchSpec(nnodes=2, dask_address=cluster.scheduler_address))
     assert "node 0 of 2" in str(info.value) and "no_such_dataset" in str(info.value)
+
+
+def test_a_preempted_multi_process_run_is_reported_as_preempted_not_failed():
+    """torchrun exits 1 when its ranks exit 75 (checkpoint written, stopped by SIGTERM): the launcher
+    reads torchrun's failure summary, so the retry that resumes the run still happens."""
+    from flows.launch import run_torchrun
+    from pgl_core.exits import EXIT_PREEMPTED
+
+    lines: list[str] = []
+    assert run_torchrun("tests.train.exit_preempted", [], nproc=2, echo=lines.append) == EXIT_PREEMPTED
+    assert any("exitcode" in line and "75" in line for line in lines)  # torchrun's own summary said so
+
+
+def test_a_failure_among_preempted_ranks_is_a_failure():
+    from flows.launch import preempted_ranks
+
+    summary = ["[0]:", "  rank      : 0 (local_rank: 0)", "  exitcode  : 75 (pid: 11)",
+               "[1]:", "  rank      : 1 (local_rank: 1)", "  exitcode  : 1 (pid: 12)"]
+    assert not preempted_ranks(summary) and preempted_ranks(summary[:3]) and not preempted_ranks([])

@@ -15,6 +15,7 @@ from pgl_core import checkpoint as ckpt
 from pgl_core.config import config_to_dict, load_config
 from pgl_core.contracts import PretrainContract, load_encoder_state
 from pgl_core.sinks import JsonlSink, MultiSink, read_jsonl
+from storage import blobs
 
 
 def _state(step: int) -> dict:
@@ -108,3 +109,20 @@ def test_contract_roundtrip(tmp_path):
     Path(con_uri).write_text(json.dumps({**raw, "kind": "other"}))
     with pytest.raises(ValueError, match="kind"):
         PretrainContract.read(con_uri)
+
+
+@pytest.mark.s3
+def test_a_remote_jsonl_sink_reopened_appends_like_a_local_file(s3_server, s3_bucket) -> None:
+    """A resumed run on an object store keeps the first run's records (it rewrote them before)."""
+    target, opts = f"{s3_bucket}/run/metrics.jsonl", s3_server.storage_options
+    first = JsonlSink(target, opts)
+    first.log_params({"run": 1})
+    first.log_metrics(1, {"loss": 1.0})
+    first.close()
+    second = JsonlSink(target, opts)
+    second.log_params({"run": 2, "resumed_from": "step_1"})
+    second.log_metrics(2, {"loss": 0.5})
+    second.close()
+    rows = [json.loads(line) for line in blobs.get_bytes(target, opts).decode().splitlines()]
+    assert [(r["kind"], r.get("run"), r.get("step")) for r in rows] == [
+        ("params", 1, None), ("metrics", None, 1), ("params", 2, None), ("metrics", None, 2)]
