@@ -48,9 +48,15 @@ def configure(workdir: str | Path | None = None) -> None:
         os.environ.setdefault("PREFECT_HOME", str(home))
 
 
+LOCAL_SERVER_ENV = "PGL_LOCAL_SERVER_API"  # set by the CLI to the shared local server it uses
+
+
 def prefect_server_configured() -> bool:
-    """True when a Prefect API server is configured (else Prefect runs embedded, in-process)."""
-    return bool(os.environ.get("PREFECT_API_URL"))
+    """True when a Prefect API server other than this machine's shared local one
+    (:mod:`flows.local_server`) is configured: worker processes then report to it directly. With the
+    local server or Prefect's ephemeral API, ingest runs on threads (no per-process start-up)."""
+    api = os.environ.get("PREFECT_API_URL")
+    return bool(api) and api != os.environ.get(LOCAL_SERVER_ENV)
 
 
 # URL variables whose credentials have a variable of their own: (URL, user variable, password variable)

@@ -15,6 +15,9 @@ from flows import runtime  # imports nothing heavy
 # CLI's own settings (nothing leaves loopback: telemetry off before any import of prefect / mlflow).
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="pgl-test-prefect-"))
 os.environ.setdefault("PGL_PROGRESS", "0")
+# the CLI run by tests uses Prefect's per-command API: nothing outlives a test (tests/flows/test_local_server.py
+# tests the shared local server)
+os.environ.setdefault("PGL_LOCAL_SERVER", "0")
 # the CLI is called in-process here: its commands keep Prefect's console handler quiet (they print their
 # own summaries and errors), and Prefect configures logging once, at its first import in the process
 os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")

@@ -155,6 +155,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# commands that run Prefect flows: they share this machine's local Prefect server (flows.local_server)
+FLOW_COMMANDS = {"preprocess", "pretrain", "finetune", "evaluate", "pipeline", "demo", "study"}
+
+
+def use_local_server() -> None:
+    """Point Prefect at this machine's shared local server (started on first use) unless an API is
+    configured or ``PGL_LOCAL_SERVER=0``; on failure, warn and keep Prefect's ephemeral API."""
+    from flows import local_server
+
+    if not local_server.enabled():
+        return
+    home = local_server.prefect_home()
+    try:
+        api, started = local_server.ensure(home)
+    except (OSError, TimeoutError) as err:
+        print(f"pgl: warning: {err}; running with Prefect's per-command API", file=sys.stderr)
+        return
+    os.environ["PREFECT_API_URL"] = os.environ[runtime.LOCAL_SERVER_ENV] = api
+    local_server.keep_alive(home)
+    if started:
+        print(f"pgl: started a local Prefect server for this machine's runs: UI {api.removesuffix('/api')} "
+              f"(database under {home}; stops after {local_server.idle_minutes():g} min "
+              "unused; PGL_LOCAL_SERVER=0 runs without it)", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command != "serve":
@@ -163,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
         # API; `pgl serve` keeps it). Set before prefect is imported: it configures logging then.
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
     runtime.configure(getattr(args, "workdir", None))
+    if args.command in FLOW_COMMANDS:
+        use_local_server()
     from pgl_core.config import ConfigError
     from storage.errors import InputError
     from storage.uri import redact_uri
