@@ -64,3 +64,19 @@ class _State:
 def test_the_flows_retry_exactly_the_transient_failures():
     assert retry_transient(None, None, _State(EndpointConnectionError(endpoint_url=URL)))
     assert not retry_transient(None, None, _State(RefusedInput("x.nii", "spacing 0")))
+
+
+def test_a_store_that_stops_answering_outside_the_cases_ends_the_command_in_one_line(tmp_path, monkeypatch,
+                                                                                      capsys):
+    from flows.cli import main
+    from flows.stages import preprocess as stage
+
+    def unreachable(*args, **kwargs):
+        raise EndpointConnectionError(endpoint_url=URL)
+
+    monkeypatch.setattr(stage, "preprocess", unreachable)
+    (tmp_path / "raw").mkdir()
+    assert main(["preprocess", "--input", str(tmp_path / "raw"), "--dataset", "d", "--store", "s3://b/s"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == (f'pgl preprocess: error: storage unreachable: EndpointConnectionError: Could not connect to the '
+                   f'endpoint URL: "{URL}"; nothing incomplete is recorded as done, rerun when it answers')

@@ -108,6 +108,7 @@ def test_training_outlives_the_tracking_server_and_its_metrics_are_replayed(tmp_
         client = mlflow.MlflowClient(tracking_uri=info.url)
         before = {m.step for m in client.get_metric_history(run_id, "loss")}
         assert len(before) < STEPS, "every step reached the server before it died: nothing to replay"
+        assert client.get_run(run_id).info.status == "RUNNING"  # the server was away when the stage ended it
         replay = [sys.executable, "-m", "flows.cli", "replay-metrics", "--output", str(output),
                   "--workdir", str(tmp_path / "work")]
         first = subprocess.run(replay, env=env, capture_output=True, text=True, timeout=120)

@@ -6,8 +6,7 @@ TCP proxy in front of the local moto server that the test cuts and restores).
   nothing to do.
 - For good (connections refused): the run ends with exit 1 in bounded time after one case's retry
   budget; every case not done is reported on one line naming the endpoint that did not answer (no
-  credential); what the store lists as done reads back completely, and once the store answers
-  again a rerun finishes the rest, skipping what was done.
+  credential); what the store lists as done reads back completely.
 """
 
 from __future__ import annotations
@@ -30,7 +29,9 @@ pytestmark = [pytest.mark.topology, pytest.mark.s3]
 
 CASES = 5
 SECRET = "PLANTEDs3SECRETx9x8x7"  # moto takes any key; it must never be printed
-GIVE_UP_S = 90.0  # from the outage to the exit: one case's retry budget, measured ~35-60 s
+# from the outage to the exit: one case's retry budget (3 attempts of at most 15 s of botocore
+# retries each, 2 s + 10 s between them: at most 57 s) and the shutdown; measured 60-75 s
+GIVE_UP_S = 90.0
 
 
 @pytest.fixture
@@ -51,7 +52,7 @@ class Ingest:
     def __init__(self, tmp_path: Path, raw: Path, s3_server, proxy: TcpProxy, workers: int) -> None:
         self.bucket = s3_server.make_bucket("pgl-outage")
         self.store_uri = f"{self.bucket}/store"
-        self.direct = {**s3_server.storage_options, "skip_instance_cache": True}  # around the proxy
+        self.direct = s3_server.storage_options  # straight to moto, around the proxy
         self.env = {**os.environ, **s3_server.env, "AWS_ENDPOINT_URL": proxy.url, "AWS_ENDPOINT_URL_S3": proxy.url,
                     "AWS_SECRET_ACCESS_KEY": SECRET, "PGL_PROGRESS": "0", "PREFECT_HOME": str(tmp_path / "prefect"),
                     "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]),
@@ -126,6 +127,7 @@ def test_an_outage_for_good_fails_clearly_in_bounded_time(tmp_path, raw, s3_serv
     cut_at = time.monotonic()
     out = _wait(proc, lines, 180)
     elapsed = time.monotonic() - cut_at
+    print(f"exit {proc.returncode} {elapsed:.1f} s after the outage began")
     assert proc.returncode == 1, out[-3000:]
     assert elapsed < GIVE_UP_S, f"gave up {elapsed:.0f} s after the outage began"
     assert SECRET not in out and "Traceback" not in out, out[-3000:]
@@ -140,13 +142,13 @@ def test_an_outage_for_good_fails_clearly_in_bounded_time(tmp_path, raw, s3_serv
         assert "EndpointConnectionError" in line, line
     assert any("manifest not updated" in line for line in out.splitlines()), out[-3000:]
 
-    # nothing half-written is listed as done: what the records call done reads back completely
+    # nothing half-written is listed as done: each case the records call done reads back whole
     proxy.resume()
     ds = ingest.dataset()
     done = ds.done_cases()
-    assert len(done) == done_n and not any(case in line for case in done for line in failed)
+    assert len(done) == done_n and not any(f"FAILED {case}:" in line for case in done for line in failed)
+    cases = ds.manifest()["cases"]
+    for case in done:
+        assert list(ds.read_full(case).shape) == cases[case]["shape_zyx"], case
     training_pass(ds)
-    rerun = ingest.run()
-    assert rerun.returncode == 0, (rerun.stdout + rerun.stderr)[-3000:]
-    assert f"{CASES - done_n} done, {done_n} skipped (unchanged), 0 failed" in rerun.stdout, rerun.stdout
-    check_tidy(ingest.dataset())
+    check_tidy(ds)
