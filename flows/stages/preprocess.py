@@ -77,8 +77,8 @@ def _first_few(names: list[str], shown: int = 5) -> str:
     return ", ".join(names[:shown]) + (f", ... ({more} more)" if more > 0 else "")
 
 
-# Prefect's share of the retry budget for transient storage errors (docs/guarantees.md, "When the
-# object store does not answer"); each attempt's S3 calls are retried by botocore first.
+# Prefect's share of the retry budget for transient storage errors (docs/guarantees.md, "When a
+# service goes away mid-run"); each attempt's S3 calls are retried by botocore first.
 RETRIES = 2
 RETRY_DELAYS_S = [2, 10]
 

@@ -46,7 +46,7 @@ class ReplayResult:
     finished: bool = False
 
     def line(self, output: str) -> str:
-        done = " ; run marked FINISHED (the stage is done)" if self.finished else ""
+        done = "; run marked FINISHED (the stage is done)" if self.finished else ""
         return (f"replay-metrics {redact_uri(output)} -> run {self.run_id} on {redact_uri(self.tracking_uri)}: "
                 f"{self.logged} value(s) logged, {self.present} already there ({self.rows} rows, "
                 f"{len(self.keys)} keys){done}")
@@ -88,7 +88,7 @@ def _history_steps(client: Any, run_id: str, keys: list[str]) -> dict[str, set[i
 
 
 def _target_run(client: Any, output: str, run_id: str | None, new_run: bool, experiment: str,
-                storage_options: dict | None) -> str:
+                storage_options: dict | None, artifacts: str | None = None) -> str:
     if run_id:
         return run_id
     if new_run:
@@ -96,7 +96,7 @@ def _target_run(client: Any, output: str, run_id: str | None, new_run: bool, exp
 
         recorded = recorded_run(output, storage_options) or {}
         tags = {"pgl.replayed_from": redact_uri(output), "pgl.stage": str(recorded.get("stage", "replay"))}
-        return client.create_run(_experiment_id(client, experiment, None), tags=tags,
+        return client.create_run(_experiment_id(client, experiment, artifacts), tags=tags,
                                  run_name=f"replay {tags['pgl.stage']}").info.run_id
     recorded = recorded_run(output, storage_options)
     if recorded is None:
@@ -122,7 +122,7 @@ def replay_metrics(output: str, run_id: str | None = None, new_run: bool = False
     Raises :class:`ReplayError` when there is nothing to replay, no run to replay to, or the server
     does not answer.
     """
-    from flows.tracking.mlflow_run import Metric, MlflowException, client_for, probe, tracking_uri
+    from flows.tracking.mlflow_run import Metric, MlflowException, artifact_location, client_for, probe, tracking_uri
 
     rows = read_metrics(output, storage_options)
     if not rows:
@@ -132,17 +132,23 @@ def replay_metrics(output: str, run_id: str | None = None, new_run: bool = False
     if reason is not None:
         raise ReplayError(f"the MLflow tracking server {redact_uri(uri)} does not answer ({reason})", unreachable=True)
     client = client_for(uri)
-    target = _target_run(client, output, run_id, new_run, experiment, storage_options)
+    target = _target_run(client, output, run_id, new_run, experiment, storage_options,
+                         artifact_location(workdir, uri))
     try:
         client.get_run(target)
     except MlflowException as err:
         raise ReplayError(f"run {target} is not on {redact_uri(uri)} ({err.error_code})") from None
     values = [(int(row["step"]), int(float(row.get("time", 0)) * 1000), metric_values(row)) for row in rows]
     keys = sorted({k for _, _, vals in values for k in vals})
-    present = _history_steps(client, target, keys)
-    batch = [Metric(k, v, ms, step) for step, ms, vals in values for k, v in vals.items() if step not in present[k]]
-    for i in range(0, len(batch), _BATCH):
-        client.log_batch(target, metrics=batch[i:i + _BATCH])
-    finished = _finish_if_done(client, output, target, storage_options)
+    try:
+        present = _history_steps(client, target, keys)
+        batch = [Metric(k, v, ms, step) for step, ms, vals in values for k, v in vals.items()
+                 if step not in present[k]]
+        for i in range(0, len(batch), _BATCH):
+            client.log_batch(target, metrics=batch[i:i + _BATCH])
+        finished = _finish_if_done(client, output, target, storage_options)
+    except MlflowException as err:  # the server went away again: what got through stays, rerun for the rest
+        raise ReplayError(f"replaying to run {target} on {redact_uri(uri)} stopped ({str(err)[:300]}); rerun "
+                          "to send the rest", unreachable=True) from None
     total = sum(len(vals) for _, _, vals in values)
     return ReplayResult(target, uri, len(rows), len(batch), total - len(batch), keys, finished)
