@@ -36,7 +36,7 @@ from prefect.cache_policies import NO_CACHE
 
 from pgl_core.config import PGLConfig, config_to_dict
 from pgl_core.exits import EXIT_PREEMPTED
-from storage.errors import TRANSIENT_ERRORS
+from storage.errors import is_transient
 
 GPU_RESOURCE = "GPU"
 # Set when this process was asked to stop (SIGTERM) while training ran: the training got the signal
@@ -262,10 +262,10 @@ def _retry_launch(task_, task_run, state) -> bool:
         return False
     try:
         state.result()
-    except (Preempted, *TRANSIENT_ERRORS):
+    except Preempted:
         return True
-    except Exception:  # noqa: BLE001 - a training failure is not transient
-        return False
+    except Exception as err:  # noqa: BLE001 - a training failure is not transient
+        return is_transient(err)
     return False
 
 

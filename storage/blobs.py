@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import uuid
 
-from storage.errors import StorageError
+from storage.errors import StorageError, TransientIOError, describe, is_transient
 from storage.uri import is_local, local_path, open_fs, uri_from_path
 
 _TMP_MARK = ".tmp-"
@@ -60,8 +60,9 @@ def put_bytes_atomic(uri: str, data: bytes, storage_options: dict | None = None)
     fs, path = open_fs(uri, storage_options)
     try:
         fs.pipe_file(path, bytes(data))
-    except Exception as exc:  # network / permission: name the object
-        raise StorageError(f"cannot write {uri}: {type(exc).__name__}: {exc}") from exc
+    except Exception as exc:  # network / permission: name the object (a network failure stays retryable)
+        kind = TransientIOError if is_transient(exc) else StorageError
+        raise kind(f"cannot write {uri}: {describe(exc)}") from exc
 
 
 def get_bytes(uri: str, storage_options: dict | None = None) -> bytes:

@@ -16,7 +16,7 @@ from typing import Any, Literal
 import numpy as np
 
 from storage.checksum import sha256_files
-from storage.errors import TRANSIENT_ERRORS, InputError, RefusedInput, UnreadableInput
+from storage.errors import TRANSIENT_ERRORS, InputError, RefusedInput, UnreadableInput, is_transient
 from storage.geometry import canonicalize, resample, to_int16_hu
 from storage.geometry import median_spacing
 from storage.plan import Plan, PlanRequest
@@ -141,6 +141,8 @@ def ingest_case(
     except MemoryError:
         reason, culprit = "out of memory while converting this case", src
     except Exception as err:  # noqa: BLE001 - a data problem must never end the whole run
+        if is_transient(err):  # the object store's client errors (botocore, aiohttp): retry, record nothing
+            raise
         log.debug("unexpected error in case %s", source.case_id, exc_info=True)
         reason, culprit = f"unexpected {type(err).__name__}: {str(err)[:300]}", src
     store.write_failure(source.case_id, reason, culprit)

@@ -2,13 +2,14 @@
 
 One module per command group holds the parsers and the handlers of its commands:
 ``data`` (phantoms, preprocess), ``train`` (pretrain), ``seg`` (finetune, evaluate, predict),
-``ops`` (pipeline, serve), ``study`` (demo, study). Each adds its subcommands through
-``add_parsers(sub)`` and sets ``handler`` to its function; handlers import the heavy parts (Prefect,
-torch, MLflow) only when their command runs, after the runtime is configured. Handlers of the stages
-call the stage's flow (``flows/stages/``), so a command gets the same key, skip and tracking as the
-pipeline and the UI. Exit status: 0 on full success, 1 when some work items failed (after all others
-finished), 2 on usage or configuration errors, 75 when training was preempted after a checkpoint
-(rerun the same command to resume).
+``ops`` (pipeline, serve), ``study`` (demo, study), ``tracking`` (replay-metrics). Each adds its
+subcommands through ``add_parsers(sub)`` and sets ``handler`` to its function; handlers import the
+heavy parts (Prefect, torch, MLflow) only when their command runs, after the runtime is configured.
+Handlers of the stages call the stage's flow (``flows/stages/``), so a command gets the same key,
+skip and tracking as the pipeline and the UI. Exit status: 0 on full success, 1 when some work
+items failed (after all others finished, or storage stopped answering mid-run: one line says what
+did not answer), 2 on usage or configuration errors, 75 when training was preempted after a
+checkpoint (rerun the same command to resume).
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from flows import runtime
 from pgl_core.config import add_config_arguments
 from pgl_core.exits import EXIT_PARTIAL, EXIT_PREEMPTED, EXIT_USAGE
 
-PARSER_MODULES = ("flows.cli.data", "flows.cli.train", "flows.cli.seg", "flows.cli.ops", "flows.cli.study")
+PARSER_MODULES = ("flows.cli.data", "flows.cli.train", "flows.cli.seg", "flows.cli.ops", "flows.cli.study",
+                  "flows.cli.tracking")
 
 
 class UsageError(Exception):
@@ -191,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in FLOW_COMMANDS:
         use_local_server()
     from pgl_core.config import ConfigError
-    from storage.errors import InputError
+    from storage.errors import InputError, describe, is_transient
     from storage.uri import redact_uri
 
     try:
@@ -199,4 +201,11 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, ConfigError, InputError) as err:
         print(f"pgl {args.command}: error: {redact_uri(str(err))}", file=sys.stderr)
         return EXIT_USAGE
+    except Exception as err:
+        if not is_transient(err):
+            raise
+        # storage (or a service) stopped answering outside any per-case work, after its retries
+        print(f"pgl {args.command}: error: storage unreachable: {redact_uri(describe(err))}; nothing "
+              "incomplete is recorded as done, rerun when it answers", file=sys.stderr)
+        return EXIT_PARTIAL
 

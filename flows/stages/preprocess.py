@@ -21,7 +21,7 @@ from flows.cluster import dask_task_runner
 from flows.retries import retry_transient
 from flows.stages.keys import resolve_config
 from flows.stages.params import Unset
-from storage.errors import InputError
+from storage.errors import InputError, describe, is_transient
 from storage.ingest import CaseResult, choose_plan, ingest_case
 from storage.plan import Plan, PlanRequest
 from storage.readers import CaseSource, discover_cases
@@ -43,26 +43,29 @@ class PreprocessSummary:
     manifest_hash: str = ""
     plan: dict[str, Any] = field(default_factory=dict)
     ignored: list[str] = field(default_factory=list)
+    manifest_error: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {"dataset": self.dataset, "store": self.store, "done": self.done, "skipped": self.skipped,
                 "failed": [list(f) for f in self.failed], "manifest_hash": self.manifest_hash,
-                "plan": self.plan, "ignored": self.ignored}
+                "plan": self.plan, "ignored": self.ignored, "manifest_error": self.manifest_error}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "PreprocessSummary":
         return cls(d["dataset"], d["store"], list(d["done"]), list(d["skipped"]),
                    [tuple(f) for f in d["failed"]], d.get("manifest_hash", ""), d.get("plan", {}),
-                   list(d.get("ignored", [])))
+                   list(d.get("ignored", [])), d.get("manifest_error", ""))
 
     @property
     def ok(self) -> bool:
-        return not self.failed
+        return not self.failed and not self.manifest_error
 
     def lines(self) -> list[str]:
         out = [f"dataset {self.dataset} in {self.store}: {len(self.done)} done, "
                f"{len(self.skipped)} skipped (unchanged), {len(self.failed)} failed"]
         out += [f"  FAILED {case}: {reason} [{src}]" for case, src, reason in self.failed]
+        if self.manifest_error:
+            out.append(f"  manifest not updated: {self.manifest_error} (the case records are; rerun to rebuild it)")
         if self.ignored:
             out.append(f"  ignored {len(self.ignored)} file(s) that are not CT volumes or DICOM (or hidden): "
                        + _first_few(self.ignored))
@@ -74,11 +77,34 @@ def _first_few(names: list[str], shown: int = 5) -> str:
     return ", ".join(names[:shown]) + (f", ... ({more} more)" if more > 0 else "")
 
 
-@task(name="ingest-case", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_transient,
+# Prefect's share of the retry budget for transient storage errors (docs/guarantees.md, "When a
+# service goes away mid-run"); each attempt's S3 calls are retried by botocore first.
+RETRIES = 2
+RETRY_DELAYS_S = [2, 10]
+
+
+@task(name="ingest-case", retries=RETRIES, retry_delay_seconds=RETRY_DELAYS_S, retry_condition_fn=retry_transient,
       task_run_name="ingest-{source.case_id}")
 def ingest_case_task(source: CaseSource, store: str, dataset: str, plan: Plan,
                      storage_options: dict | None, force: bool) -> dict:
     return ingest_case(source, store, dataset, plan, storage_options, force).to_dict()
+
+
+@task(name="consolidate-manifest", retries=RETRIES, retry_delay_seconds=RETRY_DELAYS_S,
+      retry_condition_fn=retry_transient)
+def consolidate_task(store: str, dataset: str, storage_options: dict | None) -> str:
+    """Rebuild the dataset's manifest from its case records; returns its hash."""
+    ds = DatasetStore(store, dataset, storage_options)
+    ds.consolidate_manifest()
+    return ds.manifest_hash()
+
+
+def failure_reason(err: BaseException) -> str:
+    """One line for a case whose task raised: a transient error that outlived its retries names
+    what did not answer (the endpoint and object, never a credential)."""
+    if is_transient(err):
+        return f"storage unreachable after {RETRIES + 1} attempts: {redact_uri(describe(err))}"
+    return describe(err)
 
 
 @task(name="discover-cases")
@@ -86,24 +112,44 @@ def discover_task(input: str, storage_options: dict | None) -> tuple[list[CaseSo
     return discover_cases(input, storage_options)
 
 
-def _collect(futures: dict, summary: PreprocessSummary, progress: bool) -> None:
+def _collect(futures: dict, summary: PreprocessSummary, progress: bool) -> str:
+    """Gather the cases' results into ``summary``; returns "" or, when a case's storage stayed
+    unreachable through its whole retry budget, that reason: the cases not finished by then are
+    given up (not started, or their result ignored) instead of each spending its own budget against
+    a store that does not answer, and reported failed with it."""
     bar = tqdm(total=len(futures), desc=f"preprocess {summary.dataset}", unit="case", disable=not progress)
     shown = artifacts.Progress(artifacts.artifact_key("preprocess", summary.dataset, "progress"), len(futures))
-    for n, fut in enumerate(as_completed(list(futures)), 1):
-        source = futures[fut]
-        try:
-            res = CaseResult(**fut.result())
-        except Exception as err:  # transient error that outlived its retries, or a crashed worker
-            res = CaseResult(source.case_id, "failed", f"{type(err).__name__}: {err}", source.image_uris[0])
+    pending, unreachable = dict(futures), ""
+
+    def add(res: CaseResult) -> None:
         if res.status == "failed":
             summary.failed.append((res.case_id, res.source, res.reason))
         else:
             (summary.done if res.status == "done" else summary.skipped).append(res.case_id)
+        n = len(futures) - len(pending)
         bar.set_postfix(done=len(summary.done), skipped=len(summary.skipped), failed=len(summary.failed))
         bar.update(1)
         shown.update(n, f"{n}/{len(futures)} cases: {len(summary.done)} done, {len(summary.skipped)} skipped "
                         f"(unchanged), {len(summary.failed)} failed")
+
+    for fut in as_completed(list(futures)):
+        source = pending.pop(fut)
+        try:
+            res = CaseResult(**fut.result())
+        except Exception as err:  # transient error that outlived its retries, or a crashed worker
+            res = CaseResult(source.case_id, "failed", failure_reason(err), source.image_uris[0])
+            unreachable = res.reason if is_transient(err) else ""
+        add(res)
+        if unreachable:
+            break
+    for fut, source in list(pending.items()):
+        wrapped = getattr(fut, "wrapped_future", None)
+        if wrapped is not None and not wrapped.done():
+            wrapped.cancel()  # a queued case never starts; a running one finishes unobserved
+        pending.pop(fut)
+        add(CaseResult(source.case_id, "failed", f"given up ({unreachable})", source.image_uris[0]))
     bar.close()
+    return unreachable
 
 
 def publish_summary(summary: PreprocessSummary) -> None:
@@ -136,9 +182,16 @@ def run_preprocess(input: str, dataset: str, store: str, cfg: PlanRequest | None
     summary = PreprocessSummary(dataset=dataset, store=store, plan=plan.to_dict(), ignored=ignored)
     summary.failed += [(f"(input) {p}", p, reason) for p, reason in problems]
     futures = {ingest_case_task.submit(c, store, dataset, plan, opts, force): c for c in cases}
-    _collect(futures, summary, progress)
-    ds.consolidate_manifest()
-    summary.manifest_hash = ds.manifest_hash()
+    unreachable = _collect(futures, summary, progress)
+    try:
+        if unreachable:
+            summary.manifest_error = f"given up ({unreachable})"
+        else:
+            summary.manifest_hash = consolidate_task(store, dataset, opts)
+    except Exception as err:  # noqa: BLE001 - the records are the truth; the manifest is a cache
+        if not is_transient(err):
+            raise
+        summary.manifest_error = failure_reason(err)
     for line in summary.lines():
         logger.info(line)
     publish_summary(summary)

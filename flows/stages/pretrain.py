@@ -73,6 +73,10 @@ def run_pretrain(store: str, datasets: list[str], output: str, cfg: PGLConfig, s
         if not all(blobs.exists(join_uri(output, f), storage_options) for f in PRETRAIN_OUTPUTS):
             logger.info("pretrain -> %s: stopped after --max-steps %s; rerun to resume", output, max_steps)
             return {"stage": "pretrain", "status": "stopped", "output": output, "key": key, "run_id": sink.run_id}
+        if register and not sink.online:
+            logger.warning("pretrain: MLflow tracking is unavailable, so %s is not registered (use the folder as the "
+                           "encoder; `pgl replay-metrics --output %s` sends its metrics later)", output, output)
+            register = False
         registration = register_output(output, sink.run_id, sink.tracking_uri, storage_options) if register else None
     result = {"stage": "pretrain", "status": "done", "output": output, "key": key, "mode": cfg.loss.mode,
               "datasets": hashes, "nodes": nodes, "run_id": sink.run_id, "registration": registration,

@@ -1,6 +1,7 @@
 """Stage runs in MLflow and the metrics that reach them: each stage's run (a child of the
 pipeline's run when there is one), and ``<output>/metrics.jsonl`` (written by the training's rank 0)
-forwarded to it while training runs and once more at the end.
+forwarded to it while training runs and once more at the end (rows that did not get through, the
+server being away, are sent later by :mod:`flows.tracking.replay`).
 
 Inside a Prefect flow run the two UIs point at each other: the MLflow run is tagged
 ``prefect.flow_run_id`` / ``prefect.flow_run_name`` (and ``prefect.flow_run_url`` when the Prefect UI's
@@ -43,16 +44,19 @@ def read_metrics(output: str, storage_options: dict | None = None) -> list[dict[
     return rows
 
 
+def metric_values(row: dict[str, Any]) -> dict[str, float]:
+    """The metric values of a ``metrics.jsonl`` record (its numbers besides step and time)."""
+    return {k: float(v) for k, v in row.items() if k not in ("kind", "step", "time") and isinstance(v, (int, float))}
+
+
 def forward_metrics(sink: Any, output: str, storage_options: dict | None = None, since: int = 0) -> int:
     """Log every metrics record after the first ``since`` to ``sink`` (rows that share a step, such
     as a validation row beside the training row, each reach it); returns the records forwarded so
     far, the ``since`` of the next call."""
     rows = read_metrics(output, storage_options)
     for row in rows[since:]:
-        values = {k: float(v) for k, v in row.items() if k not in ("kind", "step", "time")
-                  and isinstance(v, (int, float))}
         with TRACKING_LOCK:
-            sink.log_metrics(int(row["step"]), values)
+            sink.log_metrics(int(row["step"]), metric_values(row))
     return max(since, len(rows))
 
 
@@ -139,7 +143,11 @@ def follow_metrics(sink: Any, output: str, storage_options: dict | None = None,
                    every_s: float = 5.0, stage: str = "training", total_steps: int | None = None) -> Iterator[None]:
     """Forward ``<output>/metrics.jsonl`` to ``sink`` while the body runs, and once more at the end;
     inside a flow run, show the progress (``<stage>-progress``, of ``total_steps``) and the losses
-    (``<stage>-training``) as artifacts."""
+    (``<stage>-training``) as artifacts. The run's id is recorded first in
+    ``<output>/mlflow-run.json``, so ``pgl replay-metrics`` finds it (:mod:`flows.tracking.replay`)."""
+    from flows.tracking.replay import record_run
+
+    record_run(sink, output, stage, storage_options)
     stop = threading.Event()
     state = {"forwarded": 0}
     progress = artifacts.Progress(artifacts.artifact_key(stage, "progress"), total_steps or 1) if total_steps else None

@@ -2,7 +2,8 @@
 
 Only the tracking adapter (``flows/tracking/``) imports mlflow: this module (runs, params, metrics,
 artifacts), ``inputs.py`` (datasets as run inputs), ``registry.py`` (registered models, aliases,
-``resolve_model``) and ``pyfunc_model.py`` (the pyfunc wrapper). Everything else talks to MLflow through them;
+``resolve_model``) and ``pyfunc_model.py`` (the pyfunc wrapper). Everything else talks to MLflow through
+them (``replay.py``, which sends ``metrics.jsonl`` again after an outage, through this module);
 ``pgl_core`` only sees the :class:`pgl_core.sinks.MetricsSink` protocol that
 :class:`MlflowSink` implements.
 
@@ -15,7 +16,7 @@ Where runs go (configuration, never a code fork):
 Tracking is never required for a run to succeed. The server is probed once at start (a single
 short HTTP request, no retries); when it is unreachable, or any later tracking call fails, the
 run goes on, warns once (:class:`TrackingUnavailableWarning`) and its metrics still land in the
-local JSONL file of each stage's output folder.
+local JSONL file of each stage's output folder (``pgl replay-metrics`` sends them later).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
 
 import mlflow  # noqa: E402
 from mlflow.entities import Metric, Param, RunTag  # noqa: E402
+from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME  # noqa: E402
 
 DEFAULT_EXPERIMENT = "pgl"
@@ -73,6 +75,11 @@ def tracking_uri(workdir: str | Path | None = None) -> str:
     folder = Path(workdir).resolve() / "mlflow"
     folder.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{folder / 'mlflow.db'}"
+
+
+def client_for(uri: str) -> Any:
+    """An MLflow client of the tracking store (and model registry) at ``uri``."""
+    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
 def artifact_location(workdir: str | Path | None, uri: str) -> str | None:

@@ -69,10 +69,12 @@ def _stop(proc: subprocess.Popen) -> None:
         pass
 
 
-def start_mlflow_server(folder: Path, s3_env: dict[str, str], s3_endpoint: str, bucket_uri: str
-                        ) -> tuple[subprocess.Popen, MlflowServer]:
-    """Start ``mlflow server`` and wait for ``/health``; raises with the log tail on failure."""
-    port = free_port()
+def start_mlflow_server(folder: Path, s3_env: dict[str, str], s3_endpoint: str, bucket_uri: str,
+                        port: int | None = None) -> tuple[subprocess.Popen, MlflowServer]:
+    """Start ``mlflow server`` (on ``port``, else a free one) and wait for ``/health``; raises with the
+    log tail on failure. Started again with the same ``folder`` and ``bucket_uri``, it serves the same
+    backend store (``folder/mlflow.db``) and artifacts."""
+    port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     destination = f"{bucket_uri}/mlflow"
     env = {**os.environ, **s3_env, **_QUIET, "MLFLOW_S3_ENDPOINT_URL": s3_endpoint,
@@ -82,7 +84,7 @@ def start_mlflow_server(folder: Path, s3_env: dict[str, str], s3_endpoint: str, 
     cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
            "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
            "--artifacts-destination", destination, "--workers", "1"]
-    with log_path.open("wb") as log:
+    with log_path.open("ab") as log:
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=folder,
                                 start_new_session=True)
     deadline = time.monotonic() + START_TIMEOUT_S
