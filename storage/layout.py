@@ -123,9 +123,10 @@ def shard_shape(
     return tuple(out)  # type: ignore[return-value]
 
 
-def validate_arrays(case_id: str, image: np.ndarray, label: np.ndarray | None) -> None:
-    """Check dtypes and shapes of a case's arrays; errors name the case."""
-    if image.ndim != 3:
+def validate_arrays(case_id: str, image: Any, label: Any | None) -> None:
+    """Check dtypes and shapes of a case's arrays (or slab sources: ``shape`` and ``dtype``); errors
+    name the case."""
+    if len(image.shape) != 3:
         raise ValueError(f"case {case_id}: image must be 3D (z, y, x), got shape {image.shape}")
     if image.dtype != DTYPE["image"]:
         raise ValueError(f"case {case_id}: image must be int16 HU, got {image.dtype}")
