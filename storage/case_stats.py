@@ -106,7 +106,7 @@ class LabelCounts:
         top = int(slab.max())
         if top <= _FEW_LABELS:
             found = [int(np.count_nonzero(slab == v)) for v in range(1, top + 1)]
-            self.counts[1:top + 1] += found
+            self.counts[1:top + 1] += np.asarray(found, dtype=np.int64)
             self.counts[0] += int(slab.size) - sum(found)
             return
         flat = np.ascontiguousarray(slab).reshape(-1)
