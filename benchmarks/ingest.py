@@ -1,13 +1,19 @@
-"""Ingest benchmark: DICOM series -> canonical, resampled int16 Zarr, against its floor and .nii.gz.
+"""Ingest benchmark: DICOM series and NIfTI image + label -> canonical, resampled int16 Zarr, against
+the read floor and .nii.gz.
 
-Builds a few CT-like DICOM series (``phantoms``, default 3 cases of 120 x 512 x 512, kept
-in ``--data`` for reuse), warms the page cache, then times each case in worker processes: one
+Builds a few CT-like DICOM series and labelled NIfTI cases (``phantoms``, default 3 cases of
+120 x 512 x 512 per format, kept in ``--data`` for reuse), warms the page cache, then, per format
+(``--formats``), times each case in worker processes: one
 long-lived process per method that takes the cases one after another, as a preprocessing worker
 does; after one untimed warm-up case per worker, each case runs through every method back to
 back, so ratios are taken per case and load from elsewhere on the machine largely cancels:
 
-  floor     SimpleITK ImageSeriesReader (series file names + read): merely reading the series
+  floor     merely reading the input with SimpleITK: ImageSeriesReader (series file names + read) for
+            DICOM, ReadImage of the image and of the label for NIfTI
   ours      storage.ingest.ingest_case into a local store, plan spacing --spacing (real resampling)
+  before    the same with the code of another source tree (``--before TREE``, e.g. an export of
+            the previous commit: ``git archive HEAD~3 | tar -x -C /tmp/before``): before / after
+            measured interleaved in one run
   ours-nat  the same with the plan at the series' native spacing (no resampling)
   ours-prep everything "ours" does before the store write (checksum, read_case, canonicalize,
             resample, int16): what the store's write_case adds is ours - ours-prep
@@ -19,12 +25,17 @@ back, so ratios are taken per case and load from elsewhere on the machine largel
             level 3, the codec the store used before (same checksum, read, resample, stats,
             chunks; written with zarr directly): what the codec choice buys (--no-what-if skips)
 
-Targets (TARGETS.md): ours <= 1.5x floor, ours >= 3x faster than (b). Memory: the "ours" worker's
-peak RSS above its post-import baseline after each case, in multiples of one input volume
-(int16); it must stay flat as the number of cases grows. Usage:
+(b), (b-sitk), zstd-3, ours-nat and ours-prep run for DICOM only.
 
-    python benchmarks/ingest.py                       # 3 cases of 120 x 512 x 512
+Targets (issue 13): ours <= 1.5x floor on DICOM, <= 2.0x on NIfTI image + label, both with peak
+memory <= 2x one input volume above the worker's baseline; ours >= 3x faster than (b). Per case
+each method reports wall seconds, CPU seconds (all threads of its worker) and peak RSS above its
+worker's post-import baseline (VmHWM reset before each case), in multiples of one input volume
+(the int16 image); ratios are per case against the floor run just before. Usage:
+
+    python benchmarks/ingest.py                       # 3 cases of 120 x 512 x 512 per format
     python benchmarks/ingest.py --cases 2 --shape 60 256 256 --no-classic   # quick
+    python benchmarks/ingest.py --methods floor ours before --before /tmp/before --repeats 3
 """
 
 from __future__ import annotations
@@ -40,9 +51,11 @@ import tempfile
 import time
 from typing import Any
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, _ROOT)
 
-METHODS = ("floor", "ours", "ours-nat", "ours-prep", "(b)", "(b-sitk)", "what-if")
+METHODS = ("floor", "ours", "before", "ours-nat", "ours-prep", "(b)", "(b-sitk)", "what-if")
+DICOM_ONLY = ("ours-nat", "ours-prep", "(b)", "(b-sitk)", "what-if")
 
 
 def _proc_status_mb(key: str) -> float:
@@ -66,6 +79,10 @@ def _reset_peak() -> bool:
 
 def _floor(case: Any) -> None:
     import SimpleITK as sitk
+    if case.kind != "dicom":
+        for uri in (*case.image_uris, *((case.label_uri,) if case.label_uri else ())):
+            sitk.ReadImage(uri)
+        return
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(os.path.dirname(case.image_uris[0])))
     reader.Execute()
@@ -137,8 +154,11 @@ def run_case(method: str, plan: Any, case: Any, spacing_mm: tuple, out: str) -> 
 _WORKER: dict[str, Any] = {}
 
 
-def _setup(method: str, spacing_mm: tuple, work: str, zstd_level: int) -> float:
+def _setup(method: str, spacing_mm: tuple, work: str, zstd_level: int, label_names: dict,
+           before: str | None) -> float:
     """In a method's worker process: imports, output folder (and store); returns RSS in MB."""
+    if method == "before":  # this worker runs the other tree's storage package
+        sys.path.insert(0, os.path.abspath(before))
     import numpy as np  # noqa: F401  (imports are part of the baseline, not of a case)
     import SimpleITK  # noqa: F401
     import zarr  # noqa: F401
@@ -148,9 +168,12 @@ def _setup(method: str, spacing_mm: tuple, work: str, zstd_level: int) -> float:
     out = os.path.join(work, method.strip("()").replace("-", "_"))
     os.makedirs(out, exist_ok=True)
     plan = None
-    if method in ("ours", "ours-nat"):
+    if method in ("ours", "ours-nat", "before"):
         plan = Plan(target_spacing_mm=tuple(spacing_mm), zstd_level=zstd_level)
-        DatasetStore(out, "bench", create=True).ensure(plan.to_dict(), {})
+        DatasetStore(out, "bench", create=True).ensure(plan.to_dict(), label_names)
+        import storage
+        assert os.path.dirname(os.path.dirname(storage.__file__)) == os.path.abspath(before if method == "before"
+                                                                                       else _ROOT), storage.__file__
     _WORKER.update(method=method, plan=plan, spacing_mm=tuple(spacing_mm), out=out)
     return _proc_status_mb("VmRSS")
 
@@ -158,51 +181,61 @@ def _setup(method: str, spacing_mm: tuple, work: str, zstd_level: int) -> float:
 def _timed(case: Any) -> dict[str, Any]:
     """In a method's worker process: run one case; its seconds and peak RSS (MB)."""
     per_case = _reset_peak()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     run_case(_WORKER["method"], _WORKER["plan"], case, _WORKER["spacing_mm"], _WORKER["out"])
-    return {"case": case.case_id, "seconds": time.perf_counter() - t0,
+    return {"case": case.case_id, "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0,
             "peak_rss_mb": _proc_status_mb("VmHWM"), "peak_is_per_case": per_case}
 
 
-def make_data(data: str, n: int, shape_zyx: tuple[int, int, int]) -> str:
-    """The DICOM phantom folder for (n, shape), generated once and reused."""
+def make_data(data: str, n: int, shape_zyx: tuple[int, int, int], fmt: str = "dicom") -> str:
+    """The phantom folder for (n, shape): unlabelled DICOM series, or labelled NIfTI (image + label),
+    generated once and reused."""
     from phantoms import write_dataset
-    marker = os.path.join(data, "bench.json")
+    folder = data if fmt == "dicom" else os.path.join(data, "nifti")
+    marker = os.path.join(folder, "bench.json" if fmt == "dicom" else "bench-nifti.json")
     want = {"n": n, "shape_zyx": list(shape_zyx)}
+    kind, found = ("pool", "PhantomPool_dicom") if fmt == "dicom" else ("spleen", "PhantomSpleen")
     if os.path.exists(marker) and json.load(open(marker)) == want:
-        return os.path.join(data, "PhantomPool_dicom")
-    shutil.rmtree(data, ignore_errors=True)
+        return os.path.join(folder, found)
+    if fmt == "dicom":
+        for name in ("PhantomPool_dicom", "bench.json"):
+            shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
+    else:
+        shutil.rmtree(folder, ignore_errors=True)
     t0 = time.perf_counter()
-    write_dataset(data, "pool", n, shape_zyx=shape_zyx, formats=("dicom",))
+    summary = write_dataset(folder, kind, n, shape_zyx=shape_zyx, formats=(fmt,))
     json.dump(want, open(marker, "w"))
-    print(f"generated {n} DICOM series {shape_zyx} in {time.perf_counter() - t0:.1f} s")
-    return os.path.join(data, "PhantomPool_dicom")
+    print(f"generated {n} {fmt} cases {shape_zyx} in {time.perf_counter() - t0:.1f} s")
+    return summary["folders"][fmt]
 
 
 def warm_page_cache(cases: list) -> int:
     total = 0
     for case in cases:
-        for uri in case.image_uris:
+        for uri in (*case.image_uris, *((case.label_uri,) if case.label_uri else ())):
             with open(uri, "rb") as fh:
                 while block := fh.read(1 << 22):
                     total += len(block)
     return total
 
 
-def run_interleaved(methods: dict[str, tuple], cases: list, work: str, zstd_level: int) -> dict[str, dict]:
+def run_interleaved(methods: dict[str, tuple], cases: list, work: str, zstd_level: int, label_names: dict,
+                    before: str | None = None, repeats: int = 1) -> dict[str, dict]:
     """One worker process per method (``{method: target spacing}``), all alive at once; after an
-    untimed warm-up case each, cases run in turn through every method, so load changes on the
-    machine hit all methods alike."""
+    untimed warm-up case each, cases run in turn through every method (``repeats`` rounds), so load
+    changes on the machine hit all methods alike."""
     ctx = mp.get_context("spawn")
     pools = {m: cf.ProcessPoolExecutor(max_workers=1, mp_context=ctx) for m in methods}
     try:
-        base = {m: pools[m].submit(_setup, m, sp, work, zstd_level).result() for m, sp in methods.items()}
+        base = {m: pools[m].submit(_setup, m, sp, work, zstd_level, label_names, before).result()
+                for m, sp in methods.items()}
         for m in methods:
             pools[m].submit(_timed, cases[0]).result()
         rows: dict[str, list] = {m: [] for m in methods}
-        for case in cases:
-            for m in methods:
-                rows[m].append(pools[m].submit(_timed, case).result())
+        for _ in range(repeats):
+            for case in cases:
+                for m in methods:
+                    rows[m].append(pools[m].submit(_timed, case).result())
     finally:
         for pool in pools.values():
             pool.shutdown()
@@ -214,34 +247,44 @@ def run_interleaved(methods: dict[str, tuple], cases: list, work: str, zstd_leve
     return results
 
 
-def _per_case_ratio(num: list[dict], den: list[dict]) -> float:
-    """Median over cases of num/den seconds (cases ran back to back, so load cancels out)."""
-    import numpy as np
-    return float(np.median([a["seconds"] / b["seconds"] for a, b in zip(num, den)]))
+def _ratios(num: list[dict], den: list[dict], key: str = "seconds") -> list[float]:
+    """Per case num/den of ``key`` (cases ran back to back, so load largely cancels out)."""
+    return [a[key] / b[key] for a, b in zip(num, den)]
 
 
-def print_table(results: dict[str, dict], labels: dict[str, str], vol_mb: float) -> None:
+def _med_min(values: list[float], fmt: str = "{:.2f}") -> str:
     import numpy as np
+    return f"{fmt.format(float(np.median(values)))} [{fmt.format(min(values))}]"
+
+
+def print_table(results: dict[str, dict], labels: dict[str, str], vol_mb: float, fmt: str) -> dict[str, Any]:
+    """The table of one format (median [min] over cases and repeats); returns its summary."""
     rows = {m: res["rows"] for m, res in results.items()}
-    head = "method (ms: median over cases [min]; ratios: per case)"
-    print(f"\n{head:<58}{'ms/case':>13}{'x floor':>9}{'vs (b)':>8}{'MB out':>8}")
+    print(f"\n{fmt}: median [min] per case; ratios per case against the floor run just before; "
+          f"memory: peak RSS above the worker's baseline / one input volume ({vol_mb:.0f} MB)")
+    print(f"{'method':<52}{'wall ms':>15}{'x floor':>14}{'CPU ms':>15}{'CPU x floor':>14}{'peak x vol':>13}")
+    summary: dict[str, Any] = {}
     for m, res in results.items():
-        secs = [r["seconds"] for r in rows[m]]
-        timing = f"{1000 * float(np.median(secs)):.0f} [{1000 * min(secs):.0f}]"
-        x_floor = f"{_per_case_ratio(rows[m], rows['floor']):.2f}" if "floor" in rows else "-"
-        vs_b = f"{_per_case_ratio(rows['(b)'], rows[m]):.2f}" if "(b)" in rows else "-"
-        print(f"{labels[m]:<58}{timing:>13}{x_floor:>9}{vs_b:>8}{res['bytes_written'] / 1e6 / len(rows[m]):>8.1f}")
-    if {"ours", "floor", "(b)"} <= set(rows):
-        x_floor, vs_b = _per_case_ratio(rows["ours"], rows["floor"]), _per_case_ratio(rows["(b)"], rows["ours"])
-        print(f"\ntargets: ours <= 1.5x floor: {x_floor:.2f}x [{'met' if x_floor <= 1.5 else 'NOT met'}]; "
-              f"ours >= 3x faster than (b): {vs_b:.2f}x [{'met' if vs_b >= 3 else 'NOT met'}]")
-    if "ours" in results:
-        res = results["ours"]
-        peaks = [r["peak_rss_mb"] - res["baseline_rss_mb"] for r in res["rows"]]
-        scope = "of each case" if all(r["peak_is_per_case"] for r in res["rows"]) else "so far, after each case"
-        print(f"memory (ours worker): RSS after imports {res['baseline_rss_mb']:.0f} MB; after a warm-up case, "
-              f"peak RSS above that ({scope}) for cases 1..{len(peaks)}: {', '.join(f'{p:.0f}' for p in peaks)} MB"
-              f" = {', '.join(f'{p / vol_mb:.1f}' for p in peaks)} x one input volume ({vol_mb:.0f} MB int16)")
+        wall = [1000 * r["seconds"] for r in rows[m]]
+        cpu = [1000 * r["cpu_seconds"] for r in rows[m]]
+        peak = [(r["peak_rss_mb"] - res["baseline_rss_mb"]) / vol_mb for r in rows[m]]
+        x_floor = _ratios(rows[m], rows["floor"]) if "floor" in rows else [float("nan")]
+        cpu_floor = _ratios(rows[m], rows["floor"], "cpu_seconds") if "floor" in rows else [float("nan")]
+        print(f"{labels[m]:<52}{_med_min(wall, '{:.0f}'):>15}{_med_min(x_floor):>14}{_med_min(cpu, '{:.0f}'):>15}"
+              f"{_med_min(cpu_floor):>14}{_med_min(peak, '{:.1f}'):>13}")
+        summary[m] = {"wall_ms": wall, "x_floor": x_floor, "cpu_ms": cpu, "cpu_x_floor": cpu_floor,
+                      "peak_x_volume": peak, "per_case_peak": all(r["peak_is_per_case"] for r in rows[m])}
+    if {"ours", "floor"} <= set(rows):
+        import numpy as np
+        target = 1.5 if fmt == "dicom" else 2.0
+        x = float(np.median(summary["ours"]["x_floor"]))
+        print(f"target ours <= {target}x floor: {x:.2f}x [{'met' if x <= target else 'NOT met'}]; peak "
+              f"<= 2x one volume: {max(summary['ours']['peak_x_volume']):.1f}x at most")
+    if {"ours", "(b)"} <= set(rows):
+        import numpy as np
+        vs_b = float(np.median(_ratios(rows["(b)"], rows["ours"])))
+        print(f"ours >= 3x faster than (b): {vs_b:.2f}x [{'met' if vs_b >= 3 else 'NOT met'}]")
+    return summary
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -250,37 +293,47 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shape", type=int, nargs=3, default=(120, 512, 512), metavar=("Z", "Y", "X"))
     ap.add_argument("--spacing", type=float, nargs=3, default=(0.8, 0.8, 2.0), metavar=("X", "Y", "Z"),
                     help="plan target spacing in mm (x, y, z)")
+    ap.add_argument("--formats", nargs="+", choices=("dicom", "nifti"), default=["dicom", "nifti"])
+    ap.add_argument("--repeats", type=int, default=1, help="rounds over the cases (interleaved)")
+    ap.add_argument("--before", default=None, help="source tree whose storage package the 'before' method runs")
     ap.add_argument("--zstd-level", type=int, default=1)
     ap.add_argument("--no-classic", dest="classic", action="store_false", help="skip (b-sitk)")
     ap.add_argument("--no-what-if", dest="what_if", action="store_false", help="skip the plain-zstd comparison")
-    ap.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), help="run only these")
+    ap.add_argument("--methods", nargs="+", choices=METHODS, default=[m for m in METHODS if m != "before"],
+                    help="run only these")
     ap.add_argument("--data", default=os.path.join(tempfile.gettempdir(), "pgl-ingest-bench-data"),
-                    help="where the DICOM phantoms are generated once and reused")
+                    help="where the phantoms are generated once and reused")
     ap.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = ap.parse_args(argv)
+    if "before" in args.methods and not args.before:
+        ap.error("the method 'before' needs --before TREE")
     from storage.readers import discover_cases, read_case
-    cases, problems, _ = discover_cases(make_data(args.data, args.cases, tuple(args.shape)))
-    if problems or len(cases) != args.cases:
-        raise SystemExit(f"expected {args.cases} cases, found {len(cases)}; problems: {problems}")
-    print(f"page cache warmed: {warm_page_cache(cases) / 1e6:.0f} MB in {len(cases)} series")
-    native = read_case(cases[0])[0].spacing_mm
-    spacing = tuple(args.spacing)
-    labels = {"floor": "floor: SimpleITK ImageSeriesReader",
-              "ours": f"ours: ingest_case -> Zarr, spacing {spacing}",
+    labels = {"floor": "floor: SimpleITK read",
+              "ours": f"ours: ingest_case -> Zarr, spacing {tuple(args.spacing)}",
+              "before": f"before: ingest_case of {args.before}",
               "ours-nat": "ours-nat: ingest_case -> Zarr, native spacing",
               "ours-prep": "ours-prep: ours up to (not incl.) the store write",
               "(b)": "(b): same conversion -> .nii.gz (SimpleITK)",
               "(b-sitk)": "(b-sitk): SimpleITK read+orient+resample -> .nii.gz",
               "what-if": "zstd-3: ours with plain zstd level 3 chunks"}
-    chosen = {m: (native if m == "ours-nat" else spacing) for m in METHODS if m in args.methods
-              and not (m == "(b-sitk)" and not args.classic) and not (m == "what-if" and not args.what_if)}
-    with tempfile.TemporaryDirectory(prefix="pgl-ingest-bench-") as work:
-        results = run_interleaved(chosen, cases, work, args.zstd_level)
-    vol_mb = 2 * args.shape[0] * args.shape[1] * args.shape[2] / 1e6
-    print_table(results, labels, vol_mb)
+    out: dict[str, Any] = {"shape_zyx": args.shape, "spacing_mm": args.spacing, "formats": {}}
+    for fmt in args.formats:
+        cases, problems, info = discover_cases(make_data(args.data, args.cases, tuple(args.shape), fmt))
+        if problems or len(cases) != args.cases:
+            raise SystemExit(f"expected {args.cases} cases, found {len(cases)}; problems: {problems}")
+        print(f"{fmt}: page cache warmed: {warm_page_cache(cases) / 1e6:.0f} MB in {len(cases)} cases")
+        native = read_case(cases[0])[0].spacing_mm
+        chosen = {m: (native if m == "ours-nat" else tuple(args.spacing)) for m in METHODS if m in args.methods
+                  and not (m == "(b-sitk)" and not args.classic) and not (m == "what-if" and not args.what_if)
+                  and not (fmt != "dicom" and m in DICOM_ONLY)}
+        with tempfile.TemporaryDirectory(prefix="pgl-ingest-bench-") as work:
+            results = run_interleaved(chosen, cases, work, args.zstd_level, info.get("label_names", {}),
+                                      args.before, args.repeats)
+        vol_mb = 2 * args.shape[0] * args.shape[1] * args.shape[2] / 1e6
+        out["formats"][fmt] = {"summary": print_table(results, labels, vol_mb, fmt), "results": results}
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"shape_zyx": args.shape, "spacing_mm": spacing, "results": results}, fh, indent=1)
+            json.dump(out, fh, indent=1)
     return 0
 
 

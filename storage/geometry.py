@@ -125,53 +125,108 @@ class _Axis:
         return hi
 
 
-def _separable(src: np.ndarray, axes: list[_Axis], nearest: bool, finish: Callable[[np.ndarray], np.ndarray],
-               out: np.ndarray) -> np.ndarray:
-    """Resample ``src`` (z, y, x) into ``out`` with per-axis passes ``axes`` (z, y, x).
+class _Planes:
+    """In-plane resampled input slices, computed on demand; at most two kept (a z pass needs two)."""
 
-    In-plane passes run per input slice (cached, at most two live), the z pass per output slice,
-    so the working memory beyond input and output is a few slices.
+    def __init__(self, src: np.ndarray, ay: _Axis, ax: _Axis, nearest: bool) -> None:
+        self.src, self.ay, self.ax, self.nearest = src, ay, ax, nearest
+        self.cache: dict[int, np.ndarray] = {}
+
+    def __call__(self, i: int) -> np.ndarray:
+        if i not in self.cache:
+            if len(self.cache) >= 2:
+                self.cache.pop(min(self.cache))
+            sl = self.src[i] if self.nearest else self.src[i].astype(np.float32)
+            sl = sl if self.ay.identity else self.ay.apply(sl, 0)
+            self.cache[i] = sl if self.ax.identity else self.ax.apply(sl, 1)
+        return self.cache[i]
+
+
+def _separable(planes: _Planes, az: _Axis, finish: Callable[[np.ndarray], np.ndarray], out: np.ndarray,
+               z0: int = 0) -> np.ndarray:
+    """Output slices ``z0 .. z0 + len(out)`` of the resampled volume into ``out`` (z, y, x).
+
+    In-plane passes run per input slice (``planes``), the z pass ``az`` per output slice, so the
+    working memory beyond input and output is a few slices.
     """
-    az, ay, ax = axes
-    cache: dict[int, np.ndarray] = {}
-
-    def plane(i: int) -> np.ndarray:
-        if i not in cache:
-            if len(cache) >= 2:
-                cache.pop(min(cache))
-            sl = src[i] if nearest else src[i].astype(np.float32)
-            sl = sl if ay.identity else ay.apply(sl, 0)
-            cache[i] = sl if ax.identity else ax.apply(sl, 1)
-        return cache[i]
-
-    for k in range(out.shape[0]):
-        lo = plane(int(az.lo[k]))
+    for j in range(out.shape[0]):
+        k = z0 + j
+        lo = planes(int(az.lo[k]))
         if az.weight is None or az.weight[k] == 0:
-            out[k] = finish(lo.copy() if not nearest else lo)
+            out[j] = finish(lo.copy() if not planes.nearest else lo)
             continue
-        mixed = plane(int(az.hi[k])) - lo
+        mixed = planes(int(az.hi[k])) - lo
         mixed *= az.weight[k]
         mixed += lo
-        out[k] = finish(mixed)
+        out[j] = finish(mixed)
     return out
 
 
 def _extrapolate(src: np.ndarray, axes: list[_Axis], finish: Callable[[np.ndarray], np.ndarray],
-                 out: np.ndarray) -> None:
-    """Overwrite output voxels past the input buffer on any axis with their nearest input voxel."""
+                 out: np.ndarray, z0: int = 0) -> None:
+    """Overwrite output voxels past the input buffer on any axis with their nearest input voxel
+    (``out`` holds output slices ``z0 .. z0 + len(out)``)."""
+    rows = np.arange(z0, z0 + out.shape[0])
     for a, axis in enumerate(axes):
-        if axis.outside.size == 0:
+        picked = axis.outside if a else axis.outside[(axis.outside >= z0) & (axis.outside < z0 + out.shape[0])]
+        if picked.size == 0:
             continue
-        index = [ax.nearest for ax in axes]
-        index[a] = axis.nearest[axis.outside]
+        index = [axes[0].nearest[rows], axes[1].nearest, axes[2].nearest]
+        index[a] = axis.nearest[picked]
         where: list[slice | np.ndarray] = [slice(None)] * 3
-        where[a] = axis.outside
+        where[a] = picked - z0 if a == 0 else picked
         out[tuple(where)] = finish(src[np.ix_(*index)].astype(np.float32))
 
 
 def _round_int16(a: np.ndarray) -> np.ndarray:
     np.rint(a, out=a)
     return np.clip(a, _INT16_MIN, _INT16_MAX, out=a)
+
+
+class Resampled:
+    """A volume resampled on demand, one z range at a time: ``slab(z0, z1)`` computes output slices
+    ``[z0, z1)`` (z, y, x), exactly the voxels :func:`resample` gives (same arithmetic per voxel), so a
+    writer can stream the output without holding all of it. ``shape``, ``dtype``, ``spacing_mm``
+    (x, y, z) describe the output; ``identity``: no interpolation (slabs are views of the input).
+    Slabs are cheapest in increasing z order (the two last input planes are kept)."""
+
+    def __init__(self, vol: Volume, spacing_mm: tuple[float, float, float], is_label: bool = False,
+                 to_int16: bool = False) -> None:
+        if any(float(s) <= 0 for s in spacing_mm):
+            raise ValueError(f"target spacing must be positive, got {spacing_mm}")
+        size_xyz, out_spacing = _output_grid(vol, spacing_mm)
+        shape_in = vol.array.shape
+        self.axes = [_Axis(_source_coords(shape_in[a], size_xyz[2 - a], vol.spacing_mm[2 - a],
+                                          out_spacing[2 - a]), shape_in[a], is_label) for a in range(3)]
+        if is_label:
+            dtype, finish = vol.array.dtype, (lambda a: a)
+        elif np.issubdtype(vol.array.dtype, np.integer):
+            dtype, finish = np.dtype(np.int16), _round_int16
+        else:
+            dtype, finish = np.dtype(np.float32), (lambda a: a)
+        self.vol, self.is_label, self.finish = vol, is_label, finish
+        self.identity = all(ax.identity for ax in self.axes) and vol.array.dtype == dtype
+        self.resampled_dtype = np.dtype(dtype)
+        self.to_int16 = to_int16 and not is_label and self.resampled_dtype != np.int16
+        self.dtype = np.dtype(np.int16) if self.to_int16 else self.resampled_dtype
+        self.shape = tuple(size_xyz[::-1]) if not self.identity else tuple(shape_in)
+        self.spacing_mm = tuple(out_spacing)
+        self._planes = _Planes(vol.array, self.axes[1], self.axes[2], is_label)
+
+    def volume(self, array: np.ndarray) -> Volume:
+        """A Volume of the output geometry holding ``array``."""
+        return Volume(array, self.spacing_mm, self.vol.origin_mm, self.vol.direction, meta=self.vol.meta)
+
+    def slab(self, z0: int, z1: int) -> np.ndarray:
+        """Output slices ``[z0, z1)``: a view of the input when nothing is interpolated, else new."""
+        if self.identity:
+            out = self.vol.array[z0:z1]
+        else:
+            out = np.empty((z1 - z0, *self.shape[1:]), dtype=self.resampled_dtype)
+            _separable(self._planes, self.axes[0], self.finish, out, z0)
+            if not self.is_label:
+                _extrapolate(self.vol.array, self.axes, self.finish, out, z0)
+        return _int16_of(out) if self.to_int16 else out
 
 
 def resample(vol: Volume, spacing_mm: tuple[float, float, float], is_label: bool = False) -> Volume:
@@ -183,26 +238,10 @@ def resample(vol: Volume, spacing_mm: tuple[float, float, float], is_label: bool
     rounded back to int16 here (:func:`to_int16_hu`), a float input stays float32. Points past
     the last input voxel centre take the nearest voxel's value (no padding value is invented).
     An axis whose spacing already matches (see module doc) is copied, keeping its spacing.
+    :class:`Resampled` gives the same output a z range at a time.
     """
-    if any(float(s) <= 0 for s in spacing_mm):
-        raise ValueError(f"target spacing must be positive, got {spacing_mm}")
-    size_xyz, out_spacing = _output_grid(vol, spacing_mm)
-    shape_in = vol.array.shape
-    axes = [_Axis(_source_coords(shape_in[a], size_xyz[2 - a], vol.spacing_mm[2 - a], out_spacing[2 - a]),
-                  shape_in[a], is_label) for a in range(3)]
-    if is_label:
-        dtype, finish = vol.array.dtype, (lambda a: a)
-    elif np.issubdtype(vol.array.dtype, np.integer):
-        dtype, finish = np.dtype(np.int16), _round_int16
-    else:
-        dtype, finish = np.dtype(np.float32), (lambda a: a)
-    if all(ax.identity for ax in axes) and vol.array.dtype == dtype:
-        return Volume(vol.array, tuple(out_spacing), vol.origin_mm, vol.direction, meta=vol.meta)
-    out = np.empty(tuple(size_xyz[::-1]), dtype=dtype)
-    _separable(vol.array, axes, is_label, finish, out)
-    if not is_label:
-        _extrapolate(vol.array, axes, finish, out)
-    return Volume(out, tuple(out_spacing), vol.origin_mm, vol.direction, meta=vol.meta)
+    res = Resampled(vol, spacing_mm, is_label)
+    return res.volume(vol.array if res.identity else res.slab(0, res.shape[0]))
 
 
 def median_spacing(spacings: list[tuple[float, float, float]]) -> tuple[float, float, float]:
@@ -213,12 +252,17 @@ def median_spacing(spacings: list[tuple[float, float, float]]) -> tuple[float, f
     return (float(med[0]), float(med[1]), float(med[2]))
 
 
+def _int16_of(array: np.ndarray) -> np.ndarray:
+    if array.dtype == np.int16:
+        return array
+    return np.clip(np.rint(array), _INT16_MIN, _INT16_MAX).astype(np.int16)
+
+
 def to_int16_hu(vol: Volume) -> Volume:
     """Round to the nearest integer and clip to the int16 range; geometry and meta kept."""
     if vol.array.dtype == np.int16:
         return vol
-    arr = np.clip(np.rint(vol.array), _INT16_MIN, _INT16_MAX).astype(np.int16)
-    return Volume(arr, vol.spacing_mm, vol.origin_mm, vol.direction, dict(vol.meta))
+    return Volume(_int16_of(vol.array), vol.spacing_mm, vol.origin_mm, vol.direction, dict(vol.meta))
 
 
 def labels_match_image(image: Volume, label: Volume, tol_mm: float = 1e-3) -> None:

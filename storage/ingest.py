@@ -3,7 +3,12 @@
 :func:`ingest_case` is what a worker runs per case. It never raises for a data problem: a refused
 or unreadable case is recorded in the store (``status: failed`` with the reason) and returned as a
 failed :class:`CaseResult`, so the other cases complete. Transient I/O errors (network, throttling)
-are re-raised so the orchestrator can retry them. Memory: one case (image + label) at a time.
+are re-raised so the orchestrator can retry them.
+
+Memory: one case at a time, and of it the input volumes plus a few chunk rows of the output: the
+resampled image and label are computed a chunk row at a time while the store writes them
+(``storage.geometry.Resampled``, ``DatasetStore.write_case``). BLAS is held to one thread during a
+case (nothing here needs it; its idle threads would spin on the worker's cores).
 """
 
 from __future__ import annotations
@@ -14,11 +19,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
+from storage.case_stats import label_counts
 from storage.checksum import sha256_files
 from storage.errors import TRANSIENT_ERRORS, InputError, RefusedInput, UnreadableInput, is_transient
-from storage.geometry import canonicalize, resample, to_int16_hu
-from storage.geometry import median_spacing
+from storage.geometry import Resampled, canonicalize, median_spacing
 from storage.plan import Plan, PlanRequest
 from storage.probe import probe_spacing
 from storage.readers import CaseSource, read_case
@@ -45,18 +51,19 @@ class CaseResult:
         return asdict(self)
 
 
-def _prepare(volume: Volume, plan: Plan, is_label: bool) -> Volume:
+def _prepare(volume: Volume, plan: Plan, is_label: bool) -> Resampled:
+    """The canonical, resampled volume, computed a z range at a time as the store writes it."""
     vol = canonicalize(volume, is_label=is_label)
-    return resample(vol, plan.target_spacing_mm, is_label=is_label)
+    return Resampled(vol, plan.target_spacing_mm, is_label=is_label, to_int16=not is_label)
 
 
-def _case_attrs(image: Volume, meta: dict[str, Any], checksum: str, plan: Plan) -> dict[str, Any]:
+def _case_attrs(image: Resampled, meta: dict[str, Any], checksum: str, plan: Plan) -> dict[str, Any]:
     """Geometry and provenance; the store adds intensity stats and label counts itself."""
     attrs: dict[str, Any] = {
         "spacing": list(image.spacing_mm),
-        "origin": list(image.origin_mm),
-        "direction": list(image.direction),
-        "shape_zyx": list(image.shape_zyx),
+        "origin": list(image.vol.origin_mm),
+        "direction": list(image.vol.direction),
+        "shape_zyx": list(image.shape),
         "original_spacing": list(meta.get("original_spacing", [])),
         "original_size": list(meta.get("original_size", [])),
         "source_format": meta.get("format", ""),
@@ -69,11 +76,16 @@ def _case_attrs(image: Volume, meta: dict[str, Any], checksum: str, plan: Plan) 
 def check_declared_labels(label: np.ndarray, label_names: dict[str, str], uri: str) -> None:
     """Refuse a label map with values the dataset does not declare (or a dataset that declares none),
     so that the mistake stops here, naming the file and the values, not later in fine-tuning."""
+    check_declared_counts(label_counts(label), label_names, uri)
+
+
+def check_declared_counts(counts: dict[str, int], label_names: dict[str, str], uri: str) -> None:
+    """:func:`check_declared_labels` on the label's voxel counts per value (``{"1": n, ...}``)."""
     declared = {int(k) for k in label_names}
     if not declared - {0}:
         raise RefusedInput(uri, "labelled case, but the dataset declares no label names (dataset.json "
                            "'labels', e.g. {\"0\": \"background\", \"1\": \"liver\"})")
-    found = {int(v) for v in np.flatnonzero(np.bincount(label.reshape(-1), minlength=1))}
+    found = {int(v) for v, n in counts.items() if n}
     extra = sorted(found - declared - {0})
     if extra:
         raise RefusedInput(uri, f"label values {extra} are not declared by the dataset (declared: "
@@ -85,20 +97,22 @@ def _with_source(attrs: dict[str, Any], source: CaseSource) -> dict[str, Any]:
 
 
 def _convert(source: CaseSource, plan: Plan, checksum: str,
-             storage_options: dict | None) -> tuple[Volume, np.ndarray | None, dict[str, Any]]:
+             storage_options: dict | None) -> tuple[Resampled, Resampled | None, dict[str, Any]]:
+    """The case read, as resampled slab sources (computed when the store writes them) and meta."""
     image, label, meta = read_case(source, storage_options=storage_options, source_checksum=checksum,
                                    **plan.read_options())
-    image = to_int16_hu(_prepare(image, plan, is_label=False))
-    label_arr = None
+    out = _prepare(image, plan, is_label=False)
+    label_out = None
     if label is not None:
-        label_vol = _prepare(label, plan, is_label=True)
-        if label_vol.shape_zyx != image.shape_zyx:
+        if label.array.dtype != np.uint8:
+            label.array = label.array.astype(np.uint8)
+        label_out = _prepare(label, plan, is_label=True)
+        if label_out.shape != out.shape:
             raise RefusedInput(
-                source.label_uri or "", f"label grid {label_vol.shape_zyx} != image grid {image.shape_zyx} "
+                source.label_uri or "", f"label grid {label_out.shape} != image grid {out.shape} "
                 "after resampling"
             )
-        label_arr = label_vol.array.astype(np.uint8)
-    return image, label_arr, meta
+    return out, label_out, meta
 
 
 def ingest_case(
@@ -110,6 +124,12 @@ def ingest_case(
     force: bool = False,
 ) -> CaseResult:
     """Convert one case into ``<root_uri>/<dataset>/<case_id>`` (atomically). See module doc."""
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _ingest_case(source, root_uri, dataset, plan, storage_options, force)
+
+
+def _ingest_case(source: CaseSource, root_uri: str, dataset: str, plan: Plan, storage_options: dict | None,
+                 force: bool) -> CaseResult:
     t0 = time.perf_counter()
     store = DatasetStore(root_uri, dataset, storage_options)
     src = source.image_uris[0] if len(source.image_uris) == 1 else source.image_uris[0].rsplit("/", 1)[0]
@@ -128,12 +148,11 @@ def ingest_case(
             return CaseResult(source.case_id, "skipped", "unchanged source and plan", src,
                               time.perf_counter() - t0)
         image, label, meta = _convert(source, plan, checksum, storage_options)
-        if label is not None:
-            check_declared_labels(label, store.label_names(), source.label_uri or src)
-        store.write_case(source.case_id, image.array, label, _with_source(_case_attrs(image, meta, checksum, plan),
-                                                                          source),
-                         chunk_vox=plan.chunk_vox, shard_vox=plan.shard_vox, zstd_level=plan.zstd_level)
-        return CaseResult(source.case_id, "done", "", src, time.perf_counter() - t0, list(image.shape_zyx))
+        names = store.label_names() if label is not None else {}
+        store.write_case(source.case_id, image, label, _with_source(_case_attrs(image, meta, checksum, plan), source),
+                         chunk_vox=plan.chunk_vox, shard_vox=plan.shard_vox, zstd_level=plan.zstd_level,
+                         check_labels=lambda counts: check_declared_counts(counts, names, source.label_uri or src))
+        return CaseResult(source.case_id, "done", "", src, time.perf_counter() - t0, list(image.shape))
     except TRANSIENT_ERRORS:
         raise
     except (RefusedInput, UnreadableInput) as err:

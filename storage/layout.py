@@ -13,7 +13,8 @@ This module owns the on-disk contract described in ``docs/store-layout.md``:
 Version 1 stores (still read) kept the group and arrays directly in ``<id>/``; their records
 name no generation.
 
-It also computes the per-case statistics stored in the attributes. No I/O happens here.
+The per-case statistics stored in the attributes (``image_stats``, ``label_counts``) are
+``storage.case_stats``'s, re-exported here. No I/O happens here.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from storage.case_stats import (BODY_BIN_HU, BODY_HIST_HI_HU, BODY_HIST_LO_HU, BODY_MIN_HU, BODY_STRIDE,  # noqa: F401
+                                STATS_CLIP_HU, body_stats, image_stats, label_counts)
 from storage.errors import InputError
 
 FORMAT_VERSION = 2
@@ -35,17 +38,6 @@ FILL_VALUE = {"image": -1024, "label": 0}
 DTYPE = {"image": np.dtype("int16"), "label": np.dtype("uint8")}
 DEFAULT_CHUNK_VOX = (32, 64, 64)
 DEFAULT_SHARD_VOX = (128, 256, 256)
-STATS_CLIP_HU = (-1024.0, 325.0)
-_STATS_SLAB_Z = 16
-# Body ("foreground") statistics for CT normalisation (nnU-Net's CT scheme, computed over the body,
-# not over air): voxels at or above BODY_MIN_HU, on every BODY_STRIDE-th voxel per axis (1/8 of the
-# volume: percentiles and moments of millions of voxels do not need all of them), histogram of
-# BODY_BIN_HU-wide bins over [BODY_HIST_LO_HU, BODY_HIST_HI_HU) with values clipped into it.
-BODY_MIN_HU = -500
-BODY_STRIDE = 2
-BODY_BIN_HU = 4
-BODY_HIST_LO_HU, BODY_HIST_HI_HU = -1024, 3072
-
 _GENERATION_RE = re.compile(r"^g([0-9]{1,12})$")
 _CASE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 # Header fields that identify a patient; refused in case attributes whatever their spelling.
@@ -131,9 +123,10 @@ def shard_shape(
     return tuple(out)  # type: ignore[return-value]
 
 
-def validate_arrays(case_id: str, image: np.ndarray, label: np.ndarray | None) -> None:
-    """Check dtypes and shapes of a case's arrays; errors name the case."""
-    if image.ndim != 3:
+def validate_arrays(case_id: str, image: Any, label: Any | None) -> None:
+    """Check dtypes and shapes of a case's arrays (or slab sources: ``shape`` and ``dtype``); errors
+    name the case."""
+    if len(image.shape) != 3:
         raise ValueError(f"case {case_id}: image must be 3D (z, y, x), got shape {image.shape}")
     if image.dtype != DTYPE["image"]:
         raise ValueError(f"case {case_id}: image must be int16 HU, got {image.dtype}")
@@ -197,64 +190,3 @@ def case_attributes(
 
 def _opt_list(value: Any, cast: type) -> list | None:
     return None if value is None else [cast(v) for v in value]
-
-
-def image_stats(image: np.ndarray) -> dict[str, Any]:
-    """Intensity statistics of an int16 HU volume ``(z, y, x)``.
-
-    ``mean_hu`` / ``std_hu`` are over the WHOLE volume after clipping to ``STATS_CLIP_HU``
-    ([-1024, 325]); ``min_hu`` / ``max_hu`` are of the raw values. ``n_vox``, ``sum_hu`` and
-    ``sumsq_hu`` (clipped) let datasets pool the statistics exactly. Computed in z-slabs so
-    the extra memory is a small fraction of the volume.
-    """
-    lo, hi = STATS_CLIP_HU
-    total = 0.0
-    total_sq = 0.0
-    for z0 in range(0, image.shape[0], _STATS_SLAB_Z):
-        slab = np.clip(image[z0:z0 + _STATS_SLAB_Z], lo, hi).astype(np.float64).ravel()
-        total += float(slab.sum())
-        total_sq += float(np.dot(slab, slab))  # BLAS: 2x faster than square + sum
-    n = int(image.size)
-    mean = total / n if n else 0.0
-    var = max(total_sq / n - mean * mean, 0.0) if n else 0.0
-    return {
-        "mean_hu": mean,
-        "std_hu": math.sqrt(var),
-        "min_hu": int(image.min()) if n else 0,
-        "max_hu": int(image.max()) if n else 0,
-        "n_vox": n,
-        "sum_hu": total,
-        "sumsq_hu": total_sq,
-        "clip_hu": list(STATS_CLIP_HU),
-        "region": "whole_volume",
-        "body": body_stats(image),
-    }
-
-
-def body_stats(image: np.ndarray) -> dict[str, Any]:
-    """Statistics of the body voxels (``>= BODY_MIN_HU``) of an int16 HU volume ``(z, y, x)``,
-    sampled on every ``BODY_STRIDE``-th voxel per axis: ``n_vox``, ``sum_hu``, ``sumsq_hu`` (exact
-    over the sample, raw HU) and ``hist`` (counts of ``BODY_BIN_HU``-wide bins from
-    ``BODY_HIST_LO_HU``), all poolable across cases and datasets."""
-    nbins = (BODY_HIST_HI_HU - BODY_HIST_LO_HU) // BODY_BIN_HU
-    hist = np.zeros(nbins, dtype=np.int64)
-    n, total, total_sq = 0, 0.0, 0.0
-    sub = image[::BODY_STRIDE, ::BODY_STRIDE, ::BODY_STRIDE]
-    for z0 in range(0, sub.shape[0], _STATS_SLAB_Z):
-        slab = np.asarray(sub[z0:z0 + _STATS_SLAB_Z]).ravel()
-        body = slab[slab >= BODY_MIN_HU].astype(np.int32)
-        if not body.size:
-            continue
-        n += int(body.size)
-        total += float(body.sum(dtype=np.float64))
-        total_sq += float(np.square(body, dtype=np.float64).sum())
-        bins = (np.clip(body, BODY_HIST_LO_HU, BODY_HIST_HI_HU - 1) - BODY_HIST_LO_HU) // BODY_BIN_HU
-        hist += np.bincount(bins, minlength=nbins)
-    return {"n_vox": n, "sum_hu": total, "sumsq_hu": total_sq, "min_hu": BODY_MIN_HU, "stride": BODY_STRIDE,
-            "hist_lo_hu": BODY_HIST_LO_HU, "bin_hu": BODY_BIN_HU, "hist": hist.tolist()}
-
-
-def label_counts(label: np.ndarray) -> dict[str, int]:
-    """Voxel count per label value present, as {str(value): count}."""
-    counts = np.bincount(label.reshape(-1), minlength=1)
-    return {str(i): int(c) for i, c in enumerate(counts) if c}

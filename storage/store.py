@@ -19,14 +19,14 @@ import json
 import os
 import threading
 from collections import OrderedDict
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import zarr
 from zarr.storage import FsspecStore, LocalStore
 
 from storage import blobs, generations, layout
-from storage.case_arrays import array_layout, write_array
+from storage.case_arrays import Slabs, array_layout, as_slabs, write_arrays
 from storage.errors import DatasetNotFound, StorageError
 from storage.manifest import (build_manifest, current_done, done_record, failed_record, manifest_cases,
                               manifest_hash as _manifest_hash, plan_hash)
@@ -49,9 +49,12 @@ class DatasetStore:
     """One dataset of the store at ``<root_uri>/<dataset>``.
 
     ``create=False`` requires the dataset to exist (StorageError otherwise); ``create=True``
-    allows :meth:`ensure` to create it. Open arrays and case attributes are kept in small LRU
+    allows :meth:`ensure` to create it. ``direct_writes=False`` leaves chunk writing to
+    zarr-python (the same bytes, slower; for comparisons). Open arrays and case attributes are kept in small LRU
     caches, so a crop costs only the chunk reads it needs.
     """
+
+    direct_writes = True
 
     def __init__(self, root_uri: str, dataset: str, storage_options: dict | None = None,
                  create: bool = False, cache_size: int = 128) -> None:
@@ -275,32 +278,40 @@ class DatasetStore:
         generations.tidy(fs, self.zstore, base, layout.check_case_id(case_id), record, names)
 
     # --- writing -----------------------------------------------------------------------
-    def write_case(self, case_id: str, image: np.ndarray, label: np.ndarray | None,
+    def write_case(self, case_id: str, image: np.ndarray | Slabs, label: np.ndarray | Slabs | None,
                    attrs: dict[str, Any], chunk_vox: tuple[int, int, int] = layout.DEFAULT_CHUNK_VOX,
-                   shard_vox: tuple[int, int, int] | None = None, zstd_level: int = 1) -> dict[str, Any]:
+                   shard_vox: tuple[int, int, int] | None = None, zstd_level: int = 1,
+                   check_labels: Callable[[dict[str, int]], None] | None = None) -> dict[str, Any]:
         """Write one case atomically and return its completion record.
 
-        ``image``: int16 HU ``(z, y, x)``; ``label``: uint8 ``(z, y, x)`` or None. ``attrs``:
-        spacing / origin (x, y, z mm), direction (9), source_checksum, plan_hash, optionally
-        original_spacing / original_size. Order: a new generation group ``<case>/g<n>`` with the
-        arrays (all-fill chunks skipped); then the record naming it, in one atomic put (readers
-        switch to the new arrays there; until then the old record and its arrays stay intact);
-        then the old generation and any leftovers are removed. ``shard_vox=None`` shards only on
-        object stores (default (128, 256, 256)).
+        ``image``: int16 HU ``(z, y, x)``; ``label``: uint8 ``(z, y, x)`` or None; either an array or
+        a slab source (``storage.case_arrays.Slabs``: computed a z range at a time, e.g. resampled
+        on demand, so the case is written without ever holding all of it). ``attrs``: spacing /
+        origin (x, y, z mm), direction (9), source_checksum, plan_hash, optionally original_spacing
+        / original_size. Order: a new generation group ``<case>/g<n>`` with the arrays (chunk row by
+        chunk row; all-fill chunks skipped), its attributes (statistics and label counts gathered
+        on the way; ``check_labels(counts)`` may refuse the case here); then the record naming it,
+        in one atomic put (readers switch to the new arrays there; until then the old record and
+        its arrays stay intact); then the old generation and any leftovers are removed.
+        ``shard_vox=None`` shards only on object stores (default (128, 256, 256)).
         """
         layout.check_case_id(case_id)
+        image = as_slabs(image)
+        label = as_slabs(label) if label is not None else None
         layout.validate_arrays(case_id, image, label)
-        counts = layout.label_counts(label) if label is not None else None
-        case_attrs = layout.case_attributes(case_id, attrs, image.shape, layout.image_stats(image), counts)
+        layout.case_attributes(case_id, attrs, image.shape, {}, None)  # refuse bad attributes first
         fs, base = self._fs
         names = generations.children(fs, f"{base}/{case_id}")
         generation = generations.next_generation(names, (self.case_record(case_id) or {}).get("generation"))
-        group = zarr.open_group(self.zstore, path=layout.case_node(case_id, generation), mode="w",
-                                zarr_format=3, attributes={"pgl_case": case_attrs})
+        node = layout.case_node(case_id, generation)
+        group = zarr.open_group(self.zstore, path=node, mode="w", zarr_format=3)
         chunks, shards = array_layout(image.shape, chunk_vox, shard_vox, is_object_store(self.uri))
-        for name, data in (("image", image), ("label", label)):
-            if data is not None:
-                write_array(group, name, data, chunks, shards, zstd_level)
+        stats, counts = write_arrays(group, fs, f"{base}/{node}", image, label, chunks, shards, zstd_level,
+                                     direct=self.direct_writes)
+        if check_labels is not None and counts is not None:
+            check_labels(counts)
+        case_attrs = layout.case_attributes(case_id, attrs, image.shape, stats, counts)
+        group.attrs["pgl_case"] = case_attrs
         record = done_record(case_attrs, generation)
         self._put_json(self._record_uri(case_id), record)
         self._invalidate(case_id)
