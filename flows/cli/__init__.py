@@ -163,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         # API; `pgl serve` keeps it). Set before prefect is imported: it configures logging then.
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
     runtime.configure(getattr(args, "workdir", None))
+    if args.command == "predict":
+        runtime.configure_cpu_inference()  # before torch is imported
     from pgl_core.config import ConfigError
     from storage.errors import InputError
     from storage.uri import redact_uri
