@@ -48,6 +48,15 @@ def configure(workdir: str | Path | None = None) -> None:
         os.environ.setdefault("PREFECT_HOME", str(home))
 
 
+def configure_cpu_inference() -> None:
+    """Let idle OpenMP threads sleep rather than spin (``OMP_WAIT_POLICY=PASSIVE`` unless exported):
+    must run before torch is imported. With torch's default of one thread per core, spinning threads
+    that wait for a descheduled one made CPU prediction 5-10x slower on a machine shared with other
+    work (benchmarks/predict.py, README "Performance"); the operations it waits between take
+    milliseconds, so a sleeping thread's wake-up is small beside them. Results are unchanged."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 LOCAL_SERVER_ENV = "PGL_LOCAL_SERVER_API"  # set by the CLI to the shared local server it uses
 
 

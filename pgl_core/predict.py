@@ -61,17 +61,25 @@ def to_model_grid(image: Volume, contract: SegmenterContract) -> Volume:
     return resample(vol, tuple(float(s) for s in spacing)) if spacing else vol
 
 
+SW_BATCH = 2  # windows per network call (CPU and GPU; benchmarks/predict.py measures the choice)
+
+
+def segment_tensor(model: SegmentationUNet, contract: SegmenterContract, x: torch.Tensor, device: torch.device,
+                   sw_batch_size: int = SW_BATCH) -> torch.Tensor:
+    """uint8 label map (z, y, x) of a volume (z, y, x) already on the model's grid and normalised."""
+    norm = contract.norm_from()
+    pad = float(norm.apply(torch.tensor([norm.hu_window[0]])).item())
+    num_classes = int(contract.architecture["num_classes"])
+    return sliding_window_predict(x[None, None], model, contract.patch_vox, num_classes,
+                                  overlap=float(contract.sw_overlap), sw_batch_size=sw_batch_size, device=device,
+                                  pad_value=pad)
+
+
 def segment_array(model: SegmentationUNet, contract: SegmenterContract, array_hu: np.ndarray,
                   device: torch.device) -> np.ndarray:
     """uint8 label map (z, y, x) of a HU array (z, y, x) already on the model's grid."""
-    norm = contract.norm_from()
-    x = norm.apply(torch.from_numpy(np.ascontiguousarray(array_hu, dtype=np.float32)))
-    pad = float(norm.apply(torch.tensor([norm.hu_window[0]])).item())
-    num_classes = int(contract.architecture["num_classes"])
-    overlap = float(contract.sw_overlap)
-    labels = sliding_window_predict(x[None, None], model, contract.patch_vox, num_classes, overlap=overlap,
-                                    device=device, pad_value=pad)
-    return labels.numpy()
+    x = contract.norm_from().apply(torch.from_numpy(np.ascontiguousarray(array_hu, dtype=np.float32)))
+    return segment_tensor(model, contract, x, device).numpy()
 
 
 def pick_device(device: str | torch.device | None) -> torch.device:

@@ -192,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     runtime.configure(getattr(args, "workdir", None))
     if args.command in FLOW_COMMANDS:
         use_local_server()
+    if args.command == "predict":
+        runtime.configure_cpu_inference()  # before torch is imported
     from pgl_core.config import ConfigError
     from storage.errors import InputError, describe, is_transient
     from storage.uri import redact_uri

@@ -131,3 +131,46 @@ def test_cuda_bf16_autocast_agrees_with_cpu_and_respects_the_budget():
     assert gpu.device.type == "cuda" and gpu.shape == cpu.shape
     assert (gpu.cpu() == cpu).float().mean().item() > 0.97  # bf16 flips only near-ties
     assert peak < budget + 96 * 128 * 128 + 64 * 2**20  # slab + labels + windows / workspace
+
+
+def test_class_argmax_equals_torch_argmax_with_ties():
+    from pgl_core.evaluation.sliding_window import _argmax_classes
+
+    probs = torch.randint(0, 3, (5, 7, 9, 11)).float()  # many ties: the first class wins, as argmax
+    assert torch.equal(_argmax_classes(probs), probs.argmax(0).to(torch.uint8))
+    assert torch.equal(_argmax_classes(probs[:1]), torch.zeros((7, 9, 11), dtype=torch.uint8))
+
+
+@pytest.mark.parametrize("batch", [1, 2, 3])
+def test_single_window_batches_on_cpu_equal_monai(batch):
+    """Rows of 3 x 3 windows leave a batch of one (run as two copies on a CPU): same labels as MONAI."""
+    net = conv_net(1, 4, 3)
+    volume = torch.randn(1, 1, 30, 28, 28)
+    patch = (12, 16, 16)
+    out = sliding_window_predict(volume, net, patch, 4, sw_batch_size=batch, max_prob_bytes=1)
+    assert torch.equal(out, monai_labels(volume, net, patch))
+
+
+def test_unet_with_instance_norm_through_predict_equals_monai():
+    """pgl predict's sliding window (segment_tensor) on the tiny U-Net equals MONAI's Gaussian blend
+    of the softmax, whatever the batch size (instance norm is per window)."""
+    from monai.inferers import sliding_window_inference
+
+    from pgl_core.config import config_to_dict, load_config
+    from pgl_core.contracts import SegmenterContract
+    from pgl_core.intensity_norm import IntensityNorm
+    from pgl_core.nets.unet import SegmentationUNet
+    from pgl_core.predict import segment_tensor
+
+    cfg = load_config(preset="tiny", overrides=["finetune.patch_vox=[8,16,16]", "finetune.sw_overlap=0.5"])
+    net = SegmentationUNet(cfg.model, 3).eval()
+    norm = IntensityNorm((-1000.0, 1000.0), "zscore", 0.0, 500.0)
+    contract = SegmenterContract.build(config_to_dict(cfg), 3, {0: "bg", 1: "a", 2: "b"}, [1.0, 1.0, 1.0], norm,
+                                       "random", None, "d", "h", {}, {})
+    x = torch.randn(21, 37, 30)
+    with torch.inference_mode():
+        expected = sliding_window_inference(x[None, None], (8, 16, 16), 2, lambda w: torch.softmax(net(w), 1),
+                                            overlap=0.5, mode="gaussian").argmax(1)[0].to(torch.uint8)
+    for batch in (1, 2, 5):
+        assert torch.equal(segment_tensor(net, contract, x, torch.device("cpu"), batch), expected)
+    assert len(torch.unique(expected)) > 1
