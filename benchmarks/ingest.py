@@ -25,6 +25,15 @@ back, so ratios are taken per case and load from elsewhere on the machine largel
             level 3, the codec the store used before (same checksum, read, resample, stats,
             chunks; written with zarr directly): what the codec choice buys (--no-what-if skips)
 
+  monai     MONAI's usual preprocessing: LoadImaged (PydicomReader / NibabelReader) + EnsureChannelFirstd + Orientationd
+            (RAS) + Spacingd (bilinear image, nearest label) + SaveImaged .nii.gz, image and label
+  torchio   TorchIO: ScalarImage / LabelMap + ToCanonical + Resample + save .nii.gz
+            (monai and torchio run when importable in this interpreter: MONAI is a dependency of
+            this project; for TorchIO, or nnU-Net v2, make a separate venv with this project and
+            the package, ``python -m venv /tmp/peers && /tmp/peers/bin/pip install -e . torchio``,
+            and run the benchmark with that venv's python; nnU-Net v2's ``run_case_save`` is not
+            wrapped here: its planning step needs a dataset fingerprint first)
+
 (b), (b-sitk), zstd-3, ours-nat and ours-prep run for DICOM only.
 
 Targets (issue 13): ours <= 1.5x floor on DICOM, <= 2.0x on NIfTI image + label, both with peak
@@ -54,7 +63,8 @@ from typing import Any
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, _ROOT)
 
-METHODS = ("floor", "ours", "before", "ours-nat", "ours-prep", "(b)", "(b-sitk)", "what-if")
+METHODS = ("floor", "ours", "before", "ours-nat", "ours-prep", "(b)", "(b-sitk)", "what-if", "monai", "torchio")
+PEERS = {"monai": "monai", "torchio": "torchio"}  # method -> the package it needs
 DICOM_ONLY = ("ours-nat", "ours-prep", "(b)", "(b-sitk)", "what-if")
 
 
@@ -132,6 +142,36 @@ def _what_if(case: Any, spacing_mm: tuple[float, float, float], out: str) -> Non
     arr[...] = vol.array
 
 
+def _inputs(case: Any) -> tuple[str, str | None]:
+    """(image, label) paths as the peers take them: a DICOM series as its folder."""
+    image = os.path.dirname(case.image_uris[0]) if case.kind == "dicom" else case.image_uris[0]
+    return image, case.label_uri
+
+
+def _monai(case: Any, spacing_mm: tuple[float, float, float], out: str) -> None:
+    from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Orientationd, SaveImaged, Spacingd
+
+    image, label = _inputs(case)
+    keys = ["image", "label"] if label else ["image"]
+    modes = ["bilinear", "nearest"][:len(keys)]
+    reader = "PydicomReader" if case.kind == "dicom" else "NibabelReader"  # MONAI's own (no itk here)
+    Compose([LoadImaged(keys, reader=reader), EnsureChannelFirstd(keys), Orientationd(keys, axcodes="RAS"),
+             Spacingd(keys, pixdim=spacing_mm, mode=modes),
+             SaveImaged(keys, output_dir=out, output_postfix=case.case_id, separate_folder=False, print_log=False,
+                        output_dtype=None)])({"image": image, **({"label": label} if label else {})})
+
+
+def _torchio(case: Any, spacing_mm: tuple[float, float, float], out: str) -> None:
+    import torchio as tio
+
+    image, label = _inputs(case)
+    subject = tio.Subject(image=tio.ScalarImage(image), **({"label": tio.LabelMap(label)} if label else {}))
+    subject = tio.Compose([tio.ToCanonical(), tio.Resample(spacing_mm)])(subject)
+    for key in subject.keys():
+        if isinstance(subject[key], tio.Image):
+            subject[key].save(os.path.join(out, f"{case.case_id}_{key}.nii.gz"))
+
+
 def run_case(method: str, plan: Any, case: Any, spacing_mm: tuple, out: str) -> None:
     """One case by ``method`` (see the module doc), writing under the folder ``out``."""
     from storage.ingest import ingest_case
@@ -147,6 +187,10 @@ def run_case(method: str, plan: Any, case: Any, spacing_mm: tuple, out: str) -> 
         _prepared(case, spacing_mm)
     elif method == "what-if":
         _what_if(case, spacing_mm, out)
+    elif method == "monai":
+        _monai(case, spacing_mm, out)
+    elif method == "torchio":
+        _torchio(case, spacing_mm, out)
     else:
         _classic(case, spacing_mm, os.path.join(out, f"{case.case_id}.nii.gz"))
 
@@ -299,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--zstd-level", type=int, default=1)
     ap.add_argument("--no-classic", dest="classic", action="store_false", help="skip (b-sitk)")
     ap.add_argument("--no-what-if", dest="what_if", action="store_false", help="skip the plain-zstd comparison")
-    ap.add_argument("--methods", nargs="+", choices=METHODS, default=[m for m in METHODS if m != "before"],
+    ap.add_argument("--methods", nargs="+", choices=METHODS, default=[m for m in METHODS if m not in ("before", "torchio")],
                     help="run only these")
     ap.add_argument("--data", default=os.path.join(tempfile.gettempdir(), "pgl-ingest-bench-data"),
                     help="where the phantoms are generated once and reused")
@@ -315,7 +359,13 @@ def main(argv: list[str] | None = None) -> int:
               "ours-prep": "ours-prep: ours up to (not incl.) the store write",
               "(b)": "(b): same conversion -> .nii.gz (SimpleITK)",
               "(b-sitk)": "(b-sitk): SimpleITK read+orient+resample -> .nii.gz",
-              "what-if": "zstd-3: ours with plain zstd level 3 chunks"}
+              "what-if": "zstd-3: ours with plain zstd level 3 chunks",
+              "monai": "monai: Load + Orientation + Spacing + Save .nii.gz",
+              "torchio": "torchio: ToCanonical + Resample + save .nii.gz"}
+    import importlib.util
+    missing = [m for m in args.methods if m in PEERS and importlib.util.find_spec(PEERS[m]) is None]
+    for m in missing:
+        print(f"{m}: skipped ({PEERS[m]} is not installed in {sys.executable}; see the module doc)")
     out: dict[str, Any] = {"shape_zyx": args.shape, "spacing_mm": args.spacing, "formats": {}}
     for fmt in args.formats:
         cases, problems, info = discover_cases(make_data(args.data, args.cases, tuple(args.shape), fmt))
@@ -324,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{fmt}: page cache warmed: {warm_page_cache(cases) / 1e6:.0f} MB in {len(cases)} cases")
         native = read_case(cases[0])[0].spacing_mm
         chosen = {m: (native if m == "ours-nat" else tuple(args.spacing)) for m in METHODS if m in args.methods
+                  and m not in missing
                   and not (m == "(b-sitk)" and not args.classic) and not (m == "what-if" and not args.what_if)
                   and not (fmt != "dicom" and m in DICOM_ONLY)}
         with tempfile.TemporaryDirectory(prefix="pgl-ingest-bench-") as work:
