@@ -63,28 +63,11 @@ from typing import Any
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, _ROOT)
 
+from benchmarks.rss import reset_peak, status_mb  # noqa: E402
+
 METHODS = ("floor", "ours", "before", "ours-nat", "ours-prep", "(b)", "(b-sitk)", "what-if", "monai", "torchio")
 PEERS = {"monai": "monai", "torchio": "torchio"}  # method -> the package it needs
 DICOM_ONLY = ("ours-nat", "ours-prep", "(b)", "(b-sitk)", "what-if")
-
-
-def _proc_status_mb(key: str) -> float:
-    """A memory line of /proc/self/status (VmRSS: now, VmHWM: peak since exec or reset) in MB."""
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1e3
-    return float("nan")
-
-
-def _reset_peak() -> bool:
-    """Reset this process's peak RSS (VmHWM) so that the next reading is one case's peak."""
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
 
 
 def _floor(case: Any) -> None:
@@ -219,16 +202,16 @@ def _setup(method: str, spacing_mm: tuple, work: str, zstd_level: int, label_nam
         assert os.path.dirname(os.path.dirname(storage.__file__)) == os.path.abspath(before if method == "before"
                                                                                        else _ROOT), storage.__file__
     _WORKER.update(method=method, plan=plan, spacing_mm=tuple(spacing_mm), out=out)
-    return _proc_status_mb("VmRSS")
+    return status_mb("VmRSS")
 
 
 def _timed(case: Any) -> dict[str, Any]:
     """In a method's worker process: run one case; its seconds and peak RSS (MB)."""
-    per_case = _reset_peak()
+    per_case = reset_peak()
     t0, c0 = time.perf_counter(), time.process_time()
     run_case(_WORKER["method"], _WORKER["plan"], case, _WORKER["spacing_mm"], _WORKER["out"])
     return {"case": case.case_id, "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0,
-            "peak_rss_mb": _proc_status_mb("VmHWM"), "peak_is_per_case": per_case}
+            "peak_rss_mb": status_mb("VmHWM"), "peak_is_per_case": per_case}
 
 
 def make_data(data: str, n: int, shape_zyx: tuple[int, int, int], fmt: str = "dicom") -> str:

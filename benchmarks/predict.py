@@ -36,23 +36,9 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.rss import reset_peak, status_mb  # noqa: E402
+
 METHODS = ("ours-sw", "predict", "monai", "monai-b1")
-
-
-def _status_mb(key: str) -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1e3
-    return float("nan")
-
-
-def _reset_peak() -> None:
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-    except OSError:
-        pass
 
 
 def make_inputs(data: str, shape: tuple[int, int, int], spacing_in: tuple, spacing_model: tuple,
@@ -136,7 +122,7 @@ def _setup(method: str, ct: str, model_dir: str, threads: int, batch: int) -> fl
     small = image.array[: 2 * contract.patch_vox[0], :160, :160]
     _run(method, x[None, None, : contract.patch_vox[0] + 2, :96, :96],
          Volume(np.ascontiguousarray(small), image.spacing_mm, image.origin_mm, image.direction))
-    return _status_mb("VmRSS")
+    return status_mb("VmRSS")
 
 
 def _run(method: str, x: Any, image: Any) -> Any:
@@ -163,12 +149,12 @@ def _timed(compare: bool) -> tuple[float, float, Any]:
     import gc
 
     gc.collect()
-    before = _status_mb("VmRSS")
-    _reset_peak()
+    before = status_mb("VmRSS")
+    reset_peak()
     t0 = time.perf_counter()
     labels = _run(_W["method"], _W["x"], _W["image"])
     seconds = time.perf_counter() - t0
-    peak = _status_mb("VmHWM") - before
+    peak = status_mb("VmHWM") - before
     return seconds, peak, labels if compare else None
 
 
