@@ -31,17 +31,27 @@ def popen(cmd: list[str], env: dict[str, str], log: Path, cwd: Path | None = Non
 
 
 def stop(proc: subprocess.Popen | None, timeout_s: float = 20.0) -> None:
-    """SIGTERM the process group, SIGKILL after ``timeout_s``."""
+    """SIGTERM the process (its whole group when it leads one, as :func:`popen` starts them), SIGKILL
+    after ``timeout_s``."""
     if proc is None or proc.poll() is not None:
         return
     try:
-        os.killpg(proc.pid, signal.SIGTERM)
+        group = os.getpgid(proc.pid) == proc.pid
+    except ProcessLookupError:
+        return
+
+    def send(sig: int) -> None:
+        try:
+            os.killpg(proc.pid, sig) if group else proc.send_signal(sig)
+        except ProcessLookupError:
+            pass
+
+    send(signal.SIGTERM)
+    try:
         proc.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        send(signal.SIGKILL)
         proc.wait(timeout=10)
-    except ProcessLookupError:
-        pass
 
 
 def tail(path: Path, chars: int = 3000) -> str:
@@ -170,6 +180,10 @@ class Topology:
         self.mlflow_url = info.url
 
     def stop_all(self) -> None:
+        """Stop every service; raises naming any still running afterwards (nothing may outlive the tests)."""
         for name in ["pgl-serve", *[n for n in self.procs if n.startswith("worker")], "dask-scheduler",
                      "prefect-server", "mlflow-server"]:
             stop(self.procs.get(name))
+        left = [name for name, proc in self.procs.items() if proc.poll() is None]
+        if left:
+            raise RuntimeError(f"still running after the topology was stopped: {left}")
