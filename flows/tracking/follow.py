@@ -53,7 +53,11 @@ def forward_metrics(sink: Any, output: str, storage_options: dict | None = None,
     """Log every metrics record after the first ``since`` to ``sink`` (rows that share a step, such
     as a validation row beside the training row, each reach it); returns the records forwarded so
     far, the ``since`` of the next call."""
-    rows = read_metrics(output, storage_options)
+    return forward_rows(sink, read_metrics(output, storage_options), since)
+
+
+def forward_rows(sink: Any, rows: list[dict[str, Any]], since: int = 0) -> int:
+    """:func:`forward_metrics` of records already read."""
     for row in rows[since:]:
         with TRACKING_LOCK:
             sink.log_metrics(int(row["step"]), metric_values(row))
@@ -130,8 +134,8 @@ def training_table(rows: list[dict[str, Any]], shown: int = 12) -> list[dict[str
     return [{c: rows[i].get(c) for c in cols} for i in picks]
 
 
-def _publish_training(stage: str, output: str, total: int | None, storage_options: dict | None) -> None:
-    rows = training_table(read_metrics(output, storage_options))
+def _publish_training(stage: str, metrics_rows: list[dict[str, Any]], total: int | None) -> None:
+    rows = training_table(metrics_rows)
     if rows:
         last = int(rows[-1]["step"])
         artifacts.markdown(artifacts.artifact_key(stage, "training"), artifacts.markdown_table(rows),
@@ -152,16 +156,18 @@ def follow_metrics(sink: Any, output: str, storage_options: dict | None = None,
     state = {"forwarded": 0}
     progress = artifacts.Progress(artifacts.artifact_key(stage, "progress"), total_steps or 1) if total_steps else None
 
-    def show() -> None:
+    def poll() -> list[dict[str, Any]]:
+        """One read of metrics.jsonl: its new rows to the sink, its last row to the progress."""
         rows = read_metrics(output, storage_options)
+        state["forwarded"] = forward_rows(sink, rows, state["forwarded"])
         if progress is not None and rows:
             progress.update(int(rows[-1]["step"]), _progress_text(rows[-1], progress.total))
+        return rows
 
     def loop() -> None:
         while not stop.wait(every_s):
             try:
-                state["forwarded"] = forward_metrics(sink, output, storage_options, state["forwarded"])
-                show()
+                poll()
             except Exception:  # noqa: BLE001 - following is best effort; the final pass counts
                 pass
 
@@ -174,6 +180,4 @@ def follow_metrics(sink: Any, output: str, storage_options: dict | None = None,
     finally:
         stop.set()
         thread.join(timeout=every_s + 5)
-        forward_metrics(sink, output, storage_options, state["forwarded"])
-        show()
-        _publish_training(stage, output, total_steps, storage_options)
+        _publish_training(stage, poll(), total_steps)
