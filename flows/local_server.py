@@ -21,7 +21,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -44,11 +43,9 @@ def prefect_home() -> Path:
 
 
 def healthy(api: str, timeout_s: float = 2.0) -> bool:
-    try:
-        with urllib.request.urlopen(api.rstrip("/") + "/health", timeout=timeout_s) as resp:
-            return resp.status == 200
-    except Exception:  # noqa: BLE001 - not (yet) up
-        return False
+    from flows.serve import health_problem
+
+    return health_problem(api, timeout_s) is None
 
 
 @contextmanager

@@ -66,18 +66,23 @@ def build_deployments(schedules: dict[str, dict[str, Any]] | None = None,
     return out
 
 
+def health_problem(api_url: str, timeout_s: float = 2.0) -> str | None:
+    """One ``GET <api_url>/health``: None when it answers 200, else what went wrong."""
+    try:
+        with urllib.request.urlopen(api_url.rstrip("/") + "/health", timeout=timeout_s) as resp:
+            return None if resp.status == 200 else f"HTTP {resp.status}"
+    except Exception as err:  # noqa: BLE001 - not (yet) up
+        return f"{type(err).__name__}: {err}"
+
+
 def wait_healthy(api_url: str, timeout_s: float = 90.0) -> None:
     """Block until ``<api_url>/health`` answers 200; TimeoutError naming the URL otherwise."""
     deadline = time.monotonic() + timeout_s
     last = "no answer"
     while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(api_url.rstrip("/") + "/health", timeout=2) as resp:
-                if resp.status == 200:
-                    return
-                last = f"HTTP {resp.status}"
-        except Exception as err:  # noqa: BLE001 - still starting
-            last = f"{type(err).__name__}: {err}"
+        last = health_problem(api_url) or ""
+        if not last:
+            return
         time.sleep(0.5)
     raise TimeoutError(f"Prefect API {api_url} not healthy after {timeout_s:.0f} s ({last})")
 
