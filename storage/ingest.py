@@ -57,7 +57,7 @@ def _prepare(volume: Volume, plan: Plan, is_label: bool) -> Resampled:
     return Resampled(vol, plan.target_spacing_mm, is_label=is_label, to_int16=not is_label)
 
 
-def _case_attrs(image: Resampled, meta: dict[str, Any], checksum: str, plan: Plan) -> dict[str, Any]:
+def case_attrs(image: Resampled, meta: dict[str, Any], checksum: str, plan: Plan) -> dict[str, Any]:
     """Geometry and provenance; the store adds intensity stats and label counts itself."""
     attrs: dict[str, Any] = {
         "spacing": list(image.spacing_mm),
@@ -92,7 +92,7 @@ def check_declared_counts(counts: dict[str, int], label_names: dict[str, str], u
                            f"{sorted(declared)}); fix the label map or dataset.json 'labels'")
 
 
-def _with_source(attrs: dict[str, Any], source: CaseSource) -> dict[str, Any]:
+def with_source(attrs: dict[str, Any], source: CaseSource) -> dict[str, Any]:
     return {**attrs, "source": source.source} if source.source else attrs
 
 
@@ -149,7 +149,7 @@ def _ingest_case(source: CaseSource, root_uri: str, dataset: str, plan: Plan, st
                               time.perf_counter() - t0)
         image, label, meta = _convert(source, plan, checksum, storage_options)
         names = store.label_names() if label is not None else {}
-        store.write_case(source.case_id, image, label, _with_source(_case_attrs(image, meta, checksum, plan), source),
+        store.write_case(source.case_id, image, label, with_source(case_attrs(image, meta, checksum, plan), source),
                          chunk_vox=plan.chunk_vox, shard_vox=plan.shard_vox, zstd_level=plan.zstd_level,
                          check_labels=lambda counts: check_declared_counts(counts, names, source.label_uri or src))
         return CaseResult(source.case_id, "done", "", src, time.perf_counter() - t0, list(image.shape))

@@ -354,13 +354,13 @@ class MlflowSink:
         self.close("FAILED" if exc_type is not None else "FINISHED")
 
 
-def _experiment_id(client: Any, name: str, location: str | None) -> str:
+def experiment_id(client: Any, name: str, location: str | None) -> str:
     found = client.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
     try:
         return client.create_experiment(name, artifact_location=location)
-    except mlflow.exceptions.MlflowException:  # created concurrently
+    except MlflowException:  # created concurrently
         return client.get_experiment_by_name(name).experiment_id
 
 
@@ -382,7 +382,7 @@ def start_run(workdir: str | Path | None, run_name: str, *, experiment: str = DE
         link.fail(f"probe {uri}", reason)
     else:
         try:
-            exp = _experiment_id(client, experiment, artifact_location(workdir, uri))
+            exp = experiment_id(client, experiment, artifact_location(workdir, uri))
             run_tags = {MLFLOW_RUN_NAME: run_name, STAGE_TAG: "pipeline", **system_tags(),
                         **{k: str(v) for k, v in (tags or {}).items()}}
             run_id = client.create_run(exp, tags=run_tags, run_name=run_name).info.run_id

@@ -92,11 +92,11 @@ def _target_run(client: Any, output: str, run_id: str | None, new_run: bool, exp
     if run_id:
         return run_id
     if new_run:
-        from flows.tracking.mlflow_run import _experiment_id
+        from flows.tracking.mlflow_run import experiment_id
 
         recorded = recorded_run(output, storage_options) or {}
         tags = {"pgl.replayed_from": redact_uri(output), "pgl.stage": str(recorded.get("stage", "replay"))}
-        return client.create_run(_experiment_id(client, experiment, artifacts), tags=tags,
+        return client.create_run(experiment_id(client, experiment, artifacts), tags=tags,
                                  run_name=f"replay {tags['pgl.stage']}").info.run_id
     recorded = recorded_run(output, storage_options)
     if recorded is None:

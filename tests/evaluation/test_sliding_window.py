@@ -134,11 +134,11 @@ def test_cuda_bf16_autocast_agrees_with_cpu_and_respects_the_budget():
 
 
 def test_class_argmax_equals_torch_argmax_with_ties():
-    from pgl_core.evaluation.sliding_window import _argmax_classes
+    from pgl_core.evaluation.sliding_window import argmax_classes
 
     probs = torch.randint(0, 3, (5, 7, 9, 11)).float()  # many ties: the first class wins, as argmax
-    assert torch.equal(_argmax_classes(probs), probs.argmax(0).to(torch.uint8))
-    assert torch.equal(_argmax_classes(probs[:1]), torch.zeros((7, 9, 11), dtype=torch.uint8))
+    assert torch.equal(argmax_classes(probs), probs.argmax(0).to(torch.uint8))
+    assert torch.equal(argmax_classes(probs[:1]), torch.zeros((7, 9, 11), dtype=torch.uint8))
 
 
 @pytest.mark.parametrize("batch", [1, 2, 3])

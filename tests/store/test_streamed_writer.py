@@ -24,7 +24,7 @@ from phantoms import write_dataset
 from storage import layout
 from storage.case_arrays import array_layout, write_array
 from storage.geometry import Resampled, canonicalize, resample, to_int16_hu
-from storage.ingest import _case_attrs, _with_source, ingest_case
+from storage.ingest import case_attrs, with_source, ingest_case
 from storage.manifest import done_record
 from storage.plan import Plan
 from storage.readers import discover_cases, read_case
@@ -70,20 +70,20 @@ def _old_write(store: DatasetStore, case, plan: Plan) -> dict:
     image = to_int16_hu(resample(canonicalize(image), plan.target_spacing_mm))
     lab = resample(canonicalize(label), plan.target_spacing_mm, is_label=True).array.astype(np.uint8) \
         if label is not None else None
-    attrs = _with_source(_case_attrs(Resampled(image, plan.target_spacing_mm), meta, meta["source_checksum"], plan),
+    attrs = with_source(case_attrs(Resampled(image, plan.target_spacing_mm), meta, meta["source_checksum"], plan),
                          case)
     counts = None
     if lab is not None:
         found = np.bincount(lab.reshape(-1), minlength=1)
         counts = {str(i): int(c) for i, c in enumerate(found) if c}
-    case_attrs = layout.case_attributes(case.case_id, attrs, image.array.shape, _old_image_stats(image.array), counts)
+    attributes = layout.case_attributes(case.case_id, attrs, image.array.shape, _old_image_stats(image.array), counts)
     group = zarr.open_group(store.zstore, path=f"{case.case_id}/g1", mode="w", zarr_format=3,
-                            attributes={"pgl_case": case_attrs})
+                            attributes={"pgl_case": attributes})
     chunks, shards = array_layout(image.array.shape, plan.chunk_vox, plan.shard_vox, is_object_store(store.uri))
     for name, data in (("image", image.array), ("label", lab)):
         if data is not None:
             write_array(group, name, data, chunks, shards, plan.zstd_level)
-    record = done_record(case_attrs, "g1")
+    record = done_record(attributes, "g1")
     store._put_json(store._record_uri(case.case_id), record)
     return record
 
