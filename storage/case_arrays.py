@@ -7,14 +7,16 @@ A case's arrays come as *slab sources*: objects with ``shape`` and ``dtype`` of 
 the arrays' metadata; the chunks are written one chunk row at a time by
 ``storage.chunk_writer.ArrayWriter`` (the same bytes zarr writes, far less overhead per chunk), which
 also feeds the statistics and label counts of the case attributes, so the whole output never needs
-to exist at once. The next row is computed (resampled) on the calling thread while a worker thread
-takes statistics of, encodes and writes the previous one: two rows per array live at a time.
+to exist at once. The next row is computed (resampled) on the calling thread while two worker
+threads take the previous one, one its statistics and label counts, the other its encoding and
+writes: two rows per array live at a time. Rows go in increasing z, or from the last when a source
+reads its input backwards (``Slabs.order``).
 """
 
 from __future__ import annotations
 
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import zarr
@@ -48,22 +50,33 @@ def array_layout(shape: tuple[int, ...], chunk_vox: tuple[int, ...], shard_vox: 
 
 
 class Slabs(Protocol):
-    """A ``(z, y, x)`` array given a z range at a time."""
+    """A ``(z, y, x)`` array given a z range at a time; ``order`` ("ascending", "descending" or
+    "any"): the order of z ranges it serves best (a stream read backwards needs "descending")."""
 
     shape: tuple[int, ...]
     dtype: np.dtype
+    order: str
 
     def slab(self, z0: int, z1: int) -> np.ndarray: ...
+
+    def finish(self) -> None:
+        """Called after the last slab: a source that reads as it goes verifies its input here
+        (raising refuses the case before its record is written)."""
 
 
 class ArraySlabs:
     """An in-memory array as a slab source."""
+
+    order = "any"
 
     def __init__(self, array: np.ndarray) -> None:
         self.array, self.shape, self.dtype = array, tuple(array.shape), array.dtype
 
     def slab(self, z0: int, z1: int) -> np.ndarray:
         return self.array[z0:z1]
+
+    def finish(self) -> None:
+        pass
 
 
 def as_slabs(data: "np.ndarray | Slabs") -> Slabs:
@@ -88,51 +101,72 @@ def write_array(group: zarr.Group, name: str, data: np.ndarray, chunks: tuple, s
     arr[...] = np.ascontiguousarray(data)
 
 
-def _row_sink(arr: zarr.Array, fs: Any, path: str, name: str, direct: bool) -> Callable[[int, np.ndarray], None]:
-    """``sink(z0, slab)`` writing one chunk row of ``arr``: directly, else (a layout the direct
-    writer does not reproduce, or ``direct=False``) through zarr."""
-    writer = ArrayWriter.for_metadata(fs, path, arr.metadata.to_dict(), layout.FILL_VALUE[name]) if direct else None
-    if writer is None:
-        def through_zarr(z0: int, slab: np.ndarray) -> None:
-            arr[z0:z0 + slab.shape[0]] = np.ascontiguousarray(slab)
-        return through_zarr
+class _RowSink:
+    """Chunk rows of one array: written directly (``ArrayWriter``), else (a layout the direct
+    writer does not reproduce, or ``direct=False``) through zarr; rows in any order."""
 
-    def direct_row(z0: int, slab: np.ndarray) -> None:
-        writer.write_row(slab)
-        if z0 + slab.shape[0] == arr.shape[0]:
-            writer.close()
-    return direct_row
+    def __init__(self, arr: zarr.Array, fs: Any, path: str, name: str, direct: bool) -> None:
+        self.arr = arr
+        self.writer = ArrayWriter.for_metadata(fs, path, arr.metadata.to_dict(), layout.FILL_VALUE[name]) \
+            if direct else None
+
+    def write(self, z0: int, slab: np.ndarray) -> None:
+        if self.writer is None:
+            self.arr[z0:z0 + slab.shape[0]] = np.ascontiguousarray(slab)
+        else:
+            self.writer.write_row(slab, z0 // self.writer.chunk[0])
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _descending(sources: dict[str, Slabs]) -> bool:
+    """Whether the rows go from the last: a source that reads its input backwards asks for it
+    (``order``); sources that need opposite orders cannot be written together."""
+    orders = {getattr(src, "order", "any") for src in sources.values()} - {"any"}
+    if len(orders) > 1:
+        raise ValueError(f"arrays {sorted(sources)} must be read in opposite z orders: {sorted(orders)}")
+    return orders == {"descending"}
 
 
 def write_arrays(group: zarr.Group, fs: Any, group_path: str, image: Slabs, label: Slabs | None,
                  chunks: tuple, shards: tuple | None, zstd_level: int,
                  direct: bool = True) -> tuple[dict[str, Any], dict[str, int] | None]:
     """Write ``image`` (and ``label``) as arrays of ``group`` (at ``group_path`` in ``fs``), one chunk
-    row at a time (see the module doc); returns (image statistics, label counts or None)."""
+    row at a time (see the module doc; from the last row when a source reads its input backwards,
+    ``order``); returns (image statistics, label counts or None)."""
     sources = {"image": image, **({"label": label} if label is not None else {})}
-    sinks = {name: _row_sink(create_array(group, name, src.shape, src.dtype, chunks, shards, zstd_level),
-                             fs, f"{group_path}/{name}", name, direct) for name, src in sources.items()}
+    sinks = {name: _RowSink(create_array(group, name, src.shape, src.dtype, chunks, shards, zstd_level),
+                            fs, f"{group_path}/{name}", name, direct) for name, src in sources.items()}
     stats, counts = ImageStats(), LabelCounts() if label is not None else None
 
-    def consume(z0: int, slabs: dict[str, np.ndarray]) -> None:
-        stats.add(slabs["image"])
+    def measure(z0: int, slabs: dict[str, np.ndarray]) -> None:
+        stats.add(slabs["image"], z0)
         if counts is not None:
             counts.add(slabs["label"])
-        for name, slab in slabs.items():
-            sinks[name](z0, slab)
 
-    pending: Future | None = None
-    with ThreadPoolExecutor(1, thread_name_prefix="pgl-chunk-rows") as pool:
+    def write(z0: int, slabs: dict[str, np.ndarray]) -> None:
+        for name, slab in slabs.items():
+            sinks[name].write(z0, slab)
+
+    rows = range(0, image.shape[0], chunks[0])
+    pending: list[Future] = []
+    with ThreadPoolExecutor(2, thread_name_prefix="pgl-chunk-rows") as pool:
         try:
-            for z0 in range(0, image.shape[0], chunks[0]):
+            for z0 in (reversed(rows) if _descending(sources) else rows):
                 slabs = {name: src.slab(z0, min(z0 + chunks[0], image.shape[0])) for name, src in sources.items()}
-                if pending is not None:
-                    pending.result()
-                pending = pool.submit(consume, z0, slabs)
-            if pending is not None:
-                pending.result()
+                for done in pending:
+                    done.result()
+                pending = [pool.submit(measure, z0, slabs), pool.submit(write, z0, slabs)]
+            for done in pending:
+                done.result()
+            for src in sources.values():
+                src.finish()
+            for sink in sinks.values():
+                sink.close()
         except BaseException:
-            if pending is not None:
-                pending.cancel()
+            for waiting in pending:
+                waiting.cancel()
             raise
     return stats.result(), counts.result() if counts is not None else None

@@ -36,7 +36,7 @@ _COUNT_BLOCK = 1 << 16
 
 
 class ImageStats:
-    """Statistics of an int16 HU volume fed as consecutive z slabs (:meth:`add`), from z = 0."""
+    """Statistics of an int16 HU volume fed as z slabs (:meth:`add`), in any order, each once."""
 
     def __init__(self) -> None:
         self.z = 0
@@ -46,8 +46,11 @@ class ImageStats:
         self.body_n = self.body_total = self.body_sq = 0
         self.hist = np.zeros(_NBINS, dtype=np.int64)
 
-    def add(self, slab: np.ndarray) -> None:
-        """The next slices of the volume, ``(z, y, x)`` int16."""
+    def add(self, slab: np.ndarray, z0: int | None = None) -> None:
+        """Slices ``z0 ..`` of the volume, ``(z, y, x)`` int16 (``z0`` None: those after the last
+        slab given, from 0)."""
+        if z0 is not None:
+            self.z = int(z0)
         lo_hu, hi_hu = int(STATS_CLIP_HU[0]), int(STATS_CLIP_HU[1])
         for b in range(0, slab.shape[0], _BLOCK_Z):
             block = slab[b:b + _BLOCK_Z]

@@ -2,15 +2,15 @@
 
 zarr-python's write path costs more per chunk than the compression itself (measured: encoding
 every chunk of a CT on one thread 0.15 s, zarr writing the same array 0.35 s). :class:`ArrayWriter`
-writes the chunk objects of an array whose metadata zarr already wrote, from consecutive chunk rows
-(z slabs one chunk deep), producing exactly the bytes zarr would (a test compares every object):
+writes the chunk objects of an array whose metadata zarr already wrote, from its chunk rows (z slabs
+one chunk deep, in any order), producing exactly the bytes zarr would (a test compares every object):
 
 - each chunk: the ``bytes`` codec (little endian) then ``blosc`` with the configuration the
   array's metadata declares (numcodecs ``Blosc``, as zarr's own ``BloscCodec`` builds it); edge
   chunks padded with the fill value; chunks equal to the fill value everywhere are not written
   (``write_empty_chunks=False``);
 - shards (``sharding_indexed``, index ``bytes`` + ``crc32c`` at the end): the encoded inner chunks
-  of a shard row are kept (compressed) until the row is complete, then each shard is its non-empty
+  of a shard row are kept (compressed) until the shard row is complete, then each shard is its non-empty
   chunks concatenated in Morton order followed by the index (offset, length per chunk in C order,
   2**64 - 1 for a missing chunk) and its CRC-32C; an all-empty shard is not written.
 
@@ -83,7 +83,7 @@ class ArrayWriter:
             self.per_shard = tuple(s // c for s, c in zip(self.shard, self.chunk))
             self.order = list(morton_order_iter(self.per_shard))
         self.pending: dict[tuple[int, int, int], bytes] = {}
-        self.next_row = 0
+        self.rows_done: set[int] = set()
         self.n_objects = self.n_bytes = 0
 
     @classmethod
@@ -121,34 +121,36 @@ class ArrayWriter:
             region = full
         return bytes(self.codec.encode(np.ascontiguousarray(region, dtype=self.dtype.newbyteorder("<"))))
 
-    def write_row(self, slab: np.ndarray) -> None:
-        """The next chunk row: slices ``[row * chunk_z, ...)`` of the array, one chunk deep (the last
-        row may be shallower), ``(z, y, x)``."""
-        gz, (cz, cy, cx) = self.next_row, self.chunk
+    def write_row(self, slab: np.ndarray, row: int) -> None:
+        """Chunk row ``row``: slices ``[row * chunk_z, ...)`` of the array, one chunk deep (the last
+        row may be shallower), ``(z, y, x)``. Rows may come in any order, each once; a shard is
+        written when the last of its rows arrives."""
+        gz, (cz, cy, cx) = int(row), self.chunk
         want = min(cz, self.shape[0] - gz * cz)
-        if gz >= self.grid[0] or slab.shape != (want, *self.shape[1:]):
-            raise ValueError(f"{self.path}: chunk row {gz} must have shape {(want, *self.shape[1:])}, "
-                             f"got {slab.shape}")
+        if not 0 <= gz < self.grid[0] or gz in self.rows_done or slab.shape != (want, *self.shape[1:]):
+            raise ValueError(f"{self.path}: chunk row {gz} (of {self.grid[0]}, {len(self.rows_done)} written) must be "
+                             f"new and have shape {(want, *self.shape[1:])}, got {slab.shape}")
         encoded = {(gz, gy, gx): self._encode(slab[:, gy * cy:(gy + 1) * cy, gx * cx:(gx + 1) * cx])
                    for gy in range(self.grid[1]) for gx in range(self.grid[2])}
-        self.next_row += 1
+        self.rows_done.add(gz)
         if self.shard is None:
             self._put({self._key(c): data for c, data in encoded.items() if data is not None})
             return
         self.pending.update((c, data) for c, data in encoded.items() if data is not None)
-        if self.next_row % self.per_shard[0] == 0 or self.next_row == self.grid[0]:
-            self._flush_shards((self.next_row - 1) // self.per_shard[0])
+        sz, pz = gz // self.per_shard[0], self.per_shard[0]
+        if all(r in self.rows_done for r in range(sz * pz, min((sz + 1) * pz, self.grid[0]))):
+            self._flush_shards(sz)
 
     def close(self) -> None:
         """Check that every row was written."""
-        if self.next_row != self.grid[0] or self.pending:
-            raise ValueError(f"{self.path}: {self.next_row} of {self.grid[0]} chunk rows written")
+        if len(self.rows_done) != self.grid[0] or self.pending:
+            raise ValueError(f"{self.path}: {len(self.rows_done)} of {self.grid[0]} chunk rows written")
 
     def _key(self, coords: tuple[int, ...]) -> str:
         return f"{self.path}/c/" + "/".join(map(str, coords))
 
     def _flush_shards(self, sz: int) -> None:
-        """Write the shards of shard row ``sz`` from the pending encoded chunks."""
+        """Write the shards of shard row ``sz`` from the pending encoded chunks (then dropped)."""
         pz, py, px = self.per_shard
         objects = {}
         for sy in range(-(-self.grid[1] // py)):
@@ -157,7 +159,8 @@ class ArrayWriter:
                 data = self._shard(origin)
                 if data is not None:
                     objects[self._key((sz, sy, sx))] = data
-        self.pending.clear()
+        for c in [c for c in self.pending if c[0] // pz == sz]:
+            del self.pending[c]
         self._put(objects)
 
     def _shard(self, origin: tuple[int, int, int]) -> bytes | None:

@@ -26,7 +26,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from storage.errors import RefusedInput
-from storage.volume import Volume
+from storage.volume import PlaneSource, Volume
 
 CANONICAL_ORIENTATION = "LPS"
 SPACING_MATCH_RTOL = 1e-3
@@ -34,7 +34,7 @@ _DOMINANT_COSINE = 0.9
 _INT16_MIN, _INT16_MAX = np.iinfo(np.int16).min, np.iinfo(np.int16).max
 
 
-def _axis_map(direction: tuple[float, ...]) -> tuple[list[int], list[bool]] | None:
+def axis_map(direction: tuple[float, ...]) -> tuple[list[int], list[bool]] | None:
     """For each LPS axis k: the ITK index axis pointing along it and whether it runs backwards.
 
     None when a direction column has no dominant component (oblique: left to DICOMOrient).
@@ -54,7 +54,7 @@ def canonicalize(vol: Volume, is_label: bool = False) -> Volume:
     The returned array may be a (non-contiguous) view of ``vol.array``.
     """
     del is_label  # exact for any content
-    mapping = _axis_map(vol.direction)
+    mapping = axis_map(vol.direction)
     if mapping is None:
         img = sitk.DICOMOrient(vol.to_sitk(), CANONICAL_ORIENTATION)
         return Volume.from_sitk(img, meta=vol.meta)
@@ -66,11 +66,21 @@ def canonicalize(vol: Volume, is_label: bool = False) -> Volume:
         if flip[k]:
             origin = origin + d[:, src[k]] * (vol.spacing_mm[src[k]] * (size_xyz[src[k]] - 1))
     # numpy axis a holds ITK axis 2 - a
-    arr = np.transpose(vol.array, [2 - src[2 - a] for a in range(3)])
-    arr = np.flip(arr, axis=tuple(a for a in range(3) if flip[2 - a])) if any(flip) else arr
+    arr = _reoriented(vol.array, [2 - src[2 - a] for a in range(3)], tuple(a for a in range(3) if flip[2 - a]))
     direction = np.stack([d[:, src[k]] * (-1.0 if flip[k] else 1.0) for k in range(3)], axis=1)
     return Volume(arr, tuple(vol.spacing_mm[s] for s in src), tuple(origin), tuple(direction.reshape(-1)),
                   meta=vol.meta)
+
+
+def _reoriented(array: "np.ndarray | PlaneSource", axes: list[int], flips: tuple[int, ...]) -> "np.ndarray | PlaneSource":
+    """``array`` with its axes permuted (``axes``, as np.transpose) then ``flips`` flipped: numpy
+    views, or a plane source's own in-plane reorientation (its z axis must stay first, forwards)."""
+    if isinstance(array, np.ndarray):
+        arr = np.transpose(array, axes)
+        return np.flip(arr, axis=flips) if flips else arr
+    if axes[0] != 0:
+        raise ValueError("a volume read slice by slice can only be reoriented within its slices, or flipped")
+    return array.reoriented((axes[1] - 1, axes[2] - 1), (0 in flips, 1 in flips, 2 in flips))
 
 
 def _resampled_size(vol: Volume, spacing_mm: tuple[float, float, float]) -> list[int]:
@@ -126,56 +136,84 @@ class _Axis:
 
 
 class _Planes:
-    """In-plane resampled input slices, computed on demand; at most two kept (a z pass needs two)."""
+    """Input slices on demand, read in one direction: as stored (:meth:`raw`) and resampled in
+    plane (``planes(i)``); the two most recent of each are kept (a z pass needs two, the
+    nearest-voxel extrapolation one of those). ``src[i]`` is the only access to the input, so it
+    may be a stream that decodes slices as they are asked for."""
 
-    def __init__(self, src: np.ndarray, ay: _Axis, ax: _Axis, nearest: bool) -> None:
+    def __init__(self, src: "np.ndarray | PlaneSource", ay: _Axis, ax: _Axis, nearest: bool) -> None:
         self.src, self.ay, self.ax, self.nearest = src, ay, ax, nearest
         self.cache: dict[int, np.ndarray] = {}
+        self.raw_cache: dict[int, np.ndarray] = {}
+
+    @staticmethod
+    def _keep(cache: dict[int, np.ndarray], i: int, make: Callable[[], np.ndarray]) -> np.ndarray:
+        if i not in cache:
+            if len(cache) >= 2:
+                cache.pop(next(iter(cache)))  # the oldest
+            cache[i] = make()
+        return cache[i]
+
+    def raw(self, i: int) -> np.ndarray:
+        return self._keep(self.raw_cache, i, lambda: self.src[i])
 
     def __call__(self, i: int) -> np.ndarray:
-        if i not in self.cache:
-            if len(self.cache) >= 2:
-                self.cache.pop(min(self.cache))
-            sl = self.src[i] if self.nearest else self.src[i].astype(np.float32)
+        def make() -> np.ndarray:
+            sl = self.raw(i) if self.nearest else self.raw(i).astype(np.float32)
             sl = sl if self.ay.identity else self.ay.apply(sl, 0)
-            self.cache[i] = sl if self.ax.identity else self.ax.apply(sl, 1)
-        return self.cache[i]
+            return sl if self.ax.identity else self.ax.apply(sl, 1)
+        return self._keep(self.cache, i, make)
+
+
+class _Edges:
+    """Nearest-voxel extrapolation (ITK's, see :class:`_Axis`) of one output slice: the voxels past
+    the input buffer on any axis take their nearest input voxel, from that slice's nearest input
+    slice (one of the two its z pass used)."""
+
+    def __init__(self, axes: list[_Axis], finish: Callable[[np.ndarray], np.ndarray]) -> None:
+        self.az, self.ay, self.ax = axes
+        self.finish = finish
+        self.z_outside = set(self.az.outside.tolist())
+
+    def apply(self, planes: _Planes, k: int, row: np.ndarray) -> None:
+        """Overwrite the extrapolated voxels of output slice ``k`` (``row``: (y, x))."""
+        ay, ax = self.ay, self.ax
+        if k not in self.z_outside and not ay.outside.size and not ax.outside.size:
+            return
+        raw = planes.raw(int(self.az.nearest[k]))
+        if k in self.z_outside:  # the whole slice lies past the last input slice
+            row[...] = self.finish(raw[np.ix_(ay.nearest, ax.nearest)].astype(np.float32))
+            return
+        if ay.outside.size:
+            row[ay.outside, :] = self.finish(raw[np.ix_(ay.nearest[ay.outside], ax.nearest)].astype(np.float32))
+        if ax.outside.size:
+            row[:, ax.outside] = self.finish(raw[np.ix_(ay.nearest, ax.nearest[ax.outside])].astype(np.float32))
 
 
 def _separable(planes: _Planes, az: _Axis, finish: Callable[[np.ndarray], np.ndarray], out: np.ndarray,
-               z0: int = 0) -> np.ndarray:
+               z0: int = 0, edges: _Edges | None = None, descending: bool = False) -> np.ndarray:
     """Output slices ``z0 .. z0 + len(out)`` of the resampled volume into ``out`` (z, y, x).
 
-    In-plane passes run per input slice (``planes``), the z pass ``az`` per output slice, so the
-    working memory beyond input and output is a few slices.
+    In-plane passes run per input slice (``planes``), the z pass ``az`` per output slice, then the
+    slice's ``edges`` (extrapolated voxels), so the working memory beyond the output is a few
+    slices and the input is read once, in increasing z (``descending``: decreasing).
     """
-    for j in range(out.shape[0]):
+    for j in (range(out.shape[0] - 1, -1, -1) if descending else range(out.shape[0])):
         k = z0 + j
+        interpolated = az.weight is not None and az.weight[k] != 0
+        if interpolated and descending:
+            planes(int(az.hi[k]))  # the upper neighbour is read first
         lo = planes(int(az.lo[k]))
-        if az.weight is None or az.weight[k] == 0:
+        if not interpolated:
             out[j] = finish(lo.copy() if not planes.nearest else lo)
-            continue
-        mixed = planes(int(az.hi[k])) - lo
-        mixed *= az.weight[k]
-        mixed += lo
-        out[j] = finish(mixed)
+        else:
+            mixed = planes(int(az.hi[k])) - lo
+            mixed *= az.weight[k]
+            mixed += lo
+            out[j] = finish(mixed)
+        if edges is not None:
+            edges.apply(planes, k, out[j])
     return out
-
-
-def _extrapolate(src: np.ndarray, axes: list[_Axis], finish: Callable[[np.ndarray], np.ndarray],
-                 out: np.ndarray, z0: int = 0) -> None:
-    """Overwrite output voxels past the input buffer on any axis with their nearest input voxel
-    (``out`` holds output slices ``z0 .. z0 + len(out)``)."""
-    rows = np.arange(z0, z0 + out.shape[0])
-    for a, axis in enumerate(axes):
-        picked = axis.outside if a else axis.outside[(axis.outside >= z0) & (axis.outside < z0 + out.shape[0])]
-        if picked.size == 0:
-            continue
-        index = [axes[0].nearest[rows], axes[1].nearest, axes[2].nearest]
-        index[a] = axis.nearest[picked]
-        where: list[slice | np.ndarray] = [slice(None)] * 3
-        where[a] = picked - z0 if a == 0 else picked
-        out[tuple(where)] = finish(src[np.ix_(*index)].astype(np.float32))
 
 
 def _round_int16(a: np.ndarray) -> np.ndarray:
@@ -188,7 +226,9 @@ class Resampled:
     ``[z0, z1)`` (z, y, x), exactly the voxels :func:`resample` gives (same arithmetic per voxel), so a
     writer can stream the output without holding all of it. ``shape``, ``dtype``, ``spacing_mm``
     (x, y, z) describe the output; ``identity``: no interpolation (slabs are views of the input).
-    Slabs are cheapest in increasing z order (the two last input planes are kept)."""
+    Slabs are cheapest in increasing z order (the two last input planes are kept); from a
+    :class:`~storage.volume.PlaneSource` (``order``: "ascending" or "descending", the direction it
+    reads; "any" for an array) they must come in that order, and :meth:`finish` after the last."""
 
     def __init__(self, vol: Volume, spacing_mm: tuple[float, float, float], is_label: bool = False,
                  to_int16: bool = False) -> None:
@@ -204,7 +244,7 @@ class Resampled:
             dtype, finish = np.dtype(np.int16), _round_int16
         else:
             dtype, finish = np.dtype(np.float32), (lambda a: a)
-        self.vol, self.is_label, self.finish = vol, is_label, finish
+        self.vol, self.is_label, self.to_output = vol, is_label, finish
         self.identity = all(ax.identity for ax in self.axes) and vol.array.dtype == dtype
         self.resampled_dtype = np.dtype(dtype)
         self.to_int16 = to_int16 and not is_label and self.resampled_dtype != np.int16
@@ -212,6 +252,15 @@ class Resampled:
         self.shape = tuple(size_xyz[::-1]) if not self.identity else tuple(shape_in)
         self.spacing_mm = tuple(out_spacing)
         self._planes = _Planes(vol.array, self.axes[1], self.axes[2], is_label)
+        streamed = not isinstance(vol.array, np.ndarray)
+        self.order = "any" if not streamed else ("descending" if vol.array.descending else "ascending")
+        self._edges = None if is_label else _Edges(self.axes, finish)
+
+    def finish(self) -> None:
+        """After the last slab: a streamed input reads to its end, verifies and runs its
+        whole-volume checks (raising like a reader); nothing for an array."""
+        if not isinstance(self.vol.array, np.ndarray):
+            self.vol.array.finish()
 
     def volume(self, array: np.ndarray) -> Volume:
         """A Volume of the output geometry holding ``array``."""
@@ -223,9 +272,7 @@ class Resampled:
             out = self.vol.array[z0:z1]
         else:
             out = np.empty((z1 - z0, *self.shape[1:]), dtype=self.resampled_dtype)
-            _separable(self._planes, self.axes[0], self.finish, out, z0)
-            if not self.is_label:
-                _extrapolate(self.vol.array, self.axes, self.finish, out, z0)
+            _separable(self._planes, self.axes[0], self.to_output, out, z0, self._edges, self.order == "descending")
         return _int16_of(out) if self.to_int16 else out
 
 

@@ -5,16 +5,20 @@ or unreadable case is recorded in the store (``status: failed`` with the reason)
 failed :class:`CaseResult`, so the other cases complete. Transient I/O errors (network, throttling)
 are re-raised so the orchestrator can retry them.
 
-Memory: one case at a time, and of it the input volumes plus a few chunk rows of the output: the
-resampled image and label are computed a chunk row at a time while the store writes them
-(``storage.geometry.Resampled``, ``DatasetStore.write_case``). BLAS is held to one thread during a
-case (nothing here needs it; its idle threads would spin on the worker's cores).
+Memory: one case at a time. NIfTI inputs are decoded a slice at a time as they are resampled
+(``storage.readers.nifti_stream``), so neither the input nor the output is ever whole; a DICOM
+series (or another format) is held whole while its output is computed a chunk row at a time
+(``storage.geometry.Resampled``, ``DatasetStore.write_case``). Threads: the inputs' checksum of a
+case with nothing to compare it with is computed beside its reading; statistics and encoding run
+beside the resampling (``storage.case_arrays``). BLAS is held to one thread during a case
+(nothing here needs it; its idle threads would spin on the worker's cores).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -33,6 +37,7 @@ from storage.uri import is_object_store
 from storage.volume import Volume
 
 log = logging.getLogger(__name__)
+_PENDING = "sha256:pending"  # read_case's checksum while it is being computed beside it
 
 
 @dataclass
@@ -99,7 +104,7 @@ def with_source(attrs: dict[str, Any], source: CaseSource) -> dict[str, Any]:
 def _convert(source: CaseSource, plan: Plan, checksum: str,
              storage_options: dict | None) -> tuple[Resampled, Resampled | None, dict[str, Any]]:
     """The case read, as resampled slab sources (computed when the store writes them) and meta."""
-    image, label, meta = read_case(source, storage_options=storage_options, source_checksum=checksum,
+    image, label, meta = read_case(source, storage_options=storage_options, source_checksum=checksum, stream=True,
                                    **plan.read_options())
     out = _prepare(image, plan, is_label=False)
     label_out = None
@@ -113,6 +118,19 @@ def _convert(source: CaseSource, plan: Plan, checksum: str,
                 "after resampling"
             )
     return out, label_out, meta
+
+
+def _convert_hashing(source: CaseSource, plan: Plan, uris: list[str], storage_options: dict | None,
+                     ) -> tuple[Resampled, Resampled | None, dict[str, Any], str]:
+    """:func:`_convert` while another thread computes the inputs' checksum (hashing releases the
+    GIL; reading a DICOM series is mostly Python): for a case with nothing to compare it with."""
+    with ThreadPoolExecutor(1, thread_name_prefix="pgl-checksum") as pool:
+        hashing = pool.submit(sha256_files, uris, storage_options)
+        image, label, meta = _convert(source, plan, _PENDING, storage_options)
+        checksum = hashing.result()
+    for where in (meta, image.vol.meta):
+        where["source_checksum"] = checksum
+    return image, label, meta, checksum
 
 
 def ingest_case(
@@ -142,12 +160,15 @@ def _ingest_case(source: CaseSource, root_uri: str, dataset: str, plan: Plan, st
             return CaseResult(source.case_id, "failed", f"case id {source.case_id!r} already holds "
                               f"{previous['source']!r}; refusing to overwrite it with {source.source!r}", src,
                               time.perf_counter() - t0)
-        checksum = sha256_files(list(uris), storage_options)
-        if not force and store.is_done(source.case_id, checksum, plan.hash):
-            store.sweep_case(source.case_id)  # what a write killed before or after its record left
-            return CaseResult(source.case_id, "skipped", "unchanged source and plan", src,
-                              time.perf_counter() - t0)
-        image, label, meta = _convert(source, plan, checksum, storage_options)
+        if force or not (previous and previous.get("status") == "done"):
+            image, label, meta, checksum = _convert_hashing(source, plan, list(uris), storage_options)
+        else:
+            checksum = sha256_files(list(uris), storage_options)
+            if store.is_done(source.case_id, checksum, plan.hash):
+                store.sweep_case(source.case_id)  # what a write killed before or after its record left
+                return CaseResult(source.case_id, "skipped", "unchanged source and plan", src,
+                                  time.perf_counter() - t0)
+            image, label, meta = _convert(source, plan, checksum, storage_options)
         names = store.label_names() if label is not None else {}
         store.write_case(source.case_id, image, label, with_source(case_attrs(image, meta, checksum, plan), source),
                          chunk_vox=plan.chunk_vox, shard_vox=plan.shard_vox, zstd_level=plan.zstd_level,

@@ -9,15 +9,35 @@ A :class:`Volume` follows the ITK / SimpleITK convention: ``array`` is indexed (
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import SimpleITK as sitk
 
 
+class PlaneSource(Protocol):
+    """A ``(z, y, x)`` volume read one slice at a time in increasing z, never whole (e.g.
+    ``storage.readers.nifti_stream.NiftiSlices``). ``source[k]`` is slice k ``(y, x)``,
+    ``source[k0:k1]`` a stack; :meth:`reoriented` permutes / flips within slices before reading
+    begins; :meth:`finish` reads to the end and runs the checks that need every voxel (raising
+    like a reader). ``storage.geometry`` canonicalizes and resamples such a source as it reads."""
+
+    shape: tuple[int, int, int]
+    dtype: np.dtype
+    ndim: int
+
+    def __getitem__(self, index: int | slice) -> np.ndarray: ...
+
+    def reoriented(self, axes: tuple[int, int], flip: tuple[bool, bool]) -> "PlaneSource": ...
+
+    def finish(self) -> None: ...
+
+
 @dataclass
 class Volume:
-    """A 3D scalar image. ``array``: (z, y, x); geometry in ITK convention (see module doc)."""
+    """A 3D scalar image. ``array``: (z, y, x), an ndarray or, from a streaming reader, a
+    :class:`PlaneSource` (which only ``storage.geometry`` and the store's writer consume); geometry
+    in ITK convention (see module doc)."""
 
     array: np.ndarray
     spacing_mm: tuple[float, float, float]

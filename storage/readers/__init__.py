@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from collections.abc import Iterator
 
 import fsspec
+import numpy as np
 
 from storage.checks import DEFAULT_SPACING_RANGE_MM, check_ct_values, check_geometry
 from storage.checksum import sha256_files
@@ -25,6 +26,7 @@ from storage.geometry import labels_match_image
 from storage.readers.dicom import read_dicom_series
 from storage.readers.discover import CaseSource, discover_cases
 from storage.readers.image_file import IMAGE_SUFFIXES, image_suffix, read_image_file
+from storage.readers.nifti_stream import open_slices
 from storage.volume import Volume
 
 __all__ = ["CaseSource", "discover_cases", "read_case"]
@@ -60,19 +62,28 @@ def _renamed(exc: StorageError, back: dict[str, str]) -> StorageError:
     return type(exc)(source, reason)
 
 
-def _read_image(source: CaseSource, paths: list[str], allow_non_ct: bool, tol: float) -> tuple[Volume, str, str]:
+def _read_file(path: str, is_label: bool, stream: bool, name: str, allow_non_hu: bool) -> Volume:
+    """One volume file: streamed slice by slice when ``stream`` and the file allows it
+    (``storage.readers.nifti_stream``, which then runs the value checks itself), else whole."""
+    vol = open_slices(path, is_label, name, allow_non_hu) if stream else None
+    return vol if vol is not None else read_image_file(path, is_label=is_label)
+
+
+def _read_image(source: CaseSource, paths: list[str], allow_non_ct: bool, tol: float, stream: bool,
+                allow_non_hu: bool) -> tuple[Volume, str, str]:
     if source.kind == "dicom":
         vol, modality = read_dicom_series(paths, allow_non_ct, tol, where=f"case {source.case_id}")
         return vol, modality, "dicom"
     if len(paths) != 1:
         raise RefusedInput(source.case_id, f"an image case needs exactly one file, got {len(paths)}")
-    return read_image_file(paths[0]), "CT", IMAGE_SUFFIXES[image_suffix(paths[0]) or ".nii"]
+    vol = _read_file(paths[0], False, stream, source.image_uris[0], allow_non_hu)
+    return vol, "CT", IMAGE_SUFFIXES[image_suffix(paths[0]) or ".nii"]
 
 
 def read_case(source: CaseSource, allow_non_ct: bool = False, spacing_tolerance: float = 0.1,
               storage_options: dict | None = None, source_checksum: str | None = None,
               spacing_range_mm: tuple[float, float] = DEFAULT_SPACING_RANGE_MM,
-              allow_non_hu: bool = False) -> tuple[Volume, Volume | None, dict]:
+              allow_non_hu: bool = False, stream: bool = False) -> tuple[Volume, Volume | None, dict]:
     """Read one case -> (image, label or None, meta), in the input's own geometry.
 
     The image is refused when its spacing lies outside ``spacing_range_mm`` (any axis) or its values
@@ -85,17 +96,25 @@ def read_case(source: CaseSource, allow_non_ct: bool = False, spacing_tolerance:
     :func:`storage.checksum.sha256_files`; a caller that already computed it passes it as
     ``source_checksum`` and the files are not hashed again), ``original_spacing`` /
     ``original_size`` (x, y, z), ``modality``, ``format``.
+
+    ``stream``: NIfTI image and label files may come back as slice streams
+    (``storage.volume.PlaneSource``, decoded as ``storage.geometry`` resamples them, the value
+    checks and the stream's own verification done as they are read: the caller must finish
+    them, as the store's writer does, before it takes the case as read). Other inputs, and
+    NIfTI files a stream cannot serve (``storage.readers.nifti_stream``), are read whole.
     """
     uris = list(source.image_uris) + ([source.label_uri] if source.label_uri else [])
     with local_copies(uris, storage_options) as local:
         back = {v: k for k, v in local.items()}
         try:
             image, modality, fmt = _read_image(source, [local[u] for u in source.image_uris],
-                                               allow_non_ct, spacing_tolerance)
+                                               allow_non_ct, spacing_tolerance, stream, allow_non_hu or allow_non_ct)
             where = source.image_uris[0] if fmt != "dicom" else f"case {source.case_id}"
             check_geometry(image, where, spacing_range_mm)
-            check_ct_values(image.array, where, allow_non_hu or allow_non_ct)
-            label = read_image_file(local[source.label_uri], is_label=True) if source.label_uri else None
+            if isinstance(image.array, np.ndarray):  # (a stream checks its values as it is read)
+                check_ct_values(image.array, where, allow_non_hu or allow_non_ct)
+            label = _read_file(local[source.label_uri], True, stream, source.label_uri, False) \
+                if source.label_uri else None
         except (RefusedInput, UnreadableInput) as exc:
             raise _renamed(exc, back) from exc
         except (MemoryError, KeyboardInterrupt):

