@@ -228,7 +228,8 @@ class Resampled:
     (x, y, z) describe the output; ``identity``: no interpolation (slabs are views of the input).
     Slabs are cheapest in increasing z order (the two last input planes are kept); from a
     :class:`~storage.volume.PlaneSource` (``order``: "ascending" or "descending", the direction it
-    reads; "any" for an array) they must come in that order, and :meth:`finish` after the last."""
+    reads, or "any"; "any" for an array) they must come in that order, and :meth:`finish` after the
+    last."""
 
     def __init__(self, vol: Volume, spacing_mm: tuple[float, float, float], is_label: bool = False,
                  to_int16: bool = False) -> None:
@@ -253,7 +254,7 @@ class Resampled:
         self.spacing_mm = tuple(out_spacing)
         self._planes = _Planes(vol.array, self.axes[1], self.axes[2], is_label)
         streamed = not isinstance(vol.array, np.ndarray)
-        self.order = "any" if not streamed else ("descending" if vol.array.descending else "ascending")
+        self.order = vol.array.order if streamed else "any"
         self._edges = None if is_label else _Edges(self.axes, finish)
 
     def finish(self) -> None:

@@ -20,11 +20,14 @@ class PlaneSource(Protocol):
     ``storage.readers.nifti_stream.NiftiSlices``). ``source[k]`` is slice k ``(y, x)``,
     ``source[k0:k1]`` a stack; :meth:`reoriented` permutes / flips within slices before reading
     begins; :meth:`finish` reads to the end and runs the checks that need every voxel (raising
-    like a reader). ``storage.geometry`` canonicalizes and resamples such a source as it reads."""
+    like a reader); ``order``: "ascending" or "descending" when slices must be asked for in that
+    z order (a compressed stream), "any" when any order is cheap (one file per slice).
+    ``storage.geometry`` canonicalizes and resamples such a source as it reads."""
 
     shape: tuple[int, int, int]
     dtype: np.dtype
     ndim: int
+    order: str
 
     def __getitem__(self, index: int | slice) -> np.ndarray: ...
 

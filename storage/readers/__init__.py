@@ -23,7 +23,8 @@ from storage.checks import DEFAULT_SPACING_RANGE_MM, check_ct_values, check_geom
 from storage.checksum import sha256_files
 from storage.errors import RefusedInput, StorageError, UnreadableInput
 from storage.geometry import labels_match_image
-from storage.readers.dicom import read_dicom_series
+from storage.readers.dicom import read_dicom_series, read_series_headers, stack_series
+from storage.readers.dicom_stream import open_series
 from storage.readers.discover import CaseSource, discover_cases
 from storage.readers.image_file import IMAGE_SUFFIXES, image_suffix, read_image_file
 from storage.readers.nifti_stream import open_slices
@@ -72,8 +73,12 @@ def _read_file(path: str, is_label: bool, stream: bool, name: str, allow_non_hu:
 def _read_image(source: CaseSource, paths: list[str], allow_non_ct: bool, tol: float, stream: bool,
                 allow_non_hu: bool) -> tuple[Volume, str, str]:
     if source.kind == "dicom":
-        vol, modality = read_dicom_series(paths, allow_non_ct, tol, where=f"case {source.case_id}")
-        return vol, modality, "dicom"
+        where = f"case {source.case_id}"
+        if not stream:
+            vol, modality = read_dicom_series(paths, allow_non_ct, tol, where=where)
+            return vol, modality, "dicom"
+        series = read_series_headers(paths, allow_non_ct, tol, where=where)
+        return open_series(series, where, allow_non_hu) or stack_series(series), series.modality, "dicom"
     if len(paths) != 1:
         raise RefusedInput(source.case_id, f"an image case needs exactly one file, got {len(paths)}")
     vol = _read_file(paths[0], False, stream, source.image_uris[0], allow_non_hu)
@@ -97,18 +102,22 @@ def read_case(source: CaseSource, allow_non_ct: bool = False, spacing_tolerance:
     ``source_checksum`` and the files are not hashed again), ``original_spacing`` /
     ``original_size`` (x, y, z), ``modality``, ``format``.
 
-    ``stream``: NIfTI image and label files may come back as slice streams
-    (``storage.volume.PlaneSource``, decoded as ``storage.geometry`` resamples them, the value
-    checks and the stream's own verification done as they are read: the caller must finish
-    them, as the store's writer does, before it takes the case as read). Other inputs, and
-    NIfTI files a stream cannot serve (``storage.readers.nifti_stream``), are read whole.
+    ``stream``: NIfTI image and label files, and local single-frame DICOM series, may come back as
+    slice streams (``storage.volume.PlaneSource``, decoded as ``storage.geometry`` resamples
+    them, the value checks and the stream's own verification done as they are read: the caller
+    must finish them, as the store's writer does, before it takes the case as read). Other inputs,
+    and files a stream cannot serve (``storage.readers.nifti_stream``, ``dicom_stream``), are
+    read whole.
     """
     uris = list(source.image_uris) + ([source.label_uri] if source.label_uri else [])
     with local_copies(uris, storage_options) as local:
         back = {v: k for k, v in local.items()}
         try:
-            image, modality, fmt = _read_image(source, [local[u] for u in source.image_uris],
-                                               allow_non_ct, spacing_tolerance, stream, allow_non_hu or allow_non_ct)
+            # DICOM slices are read from their files as they are needed: only where those stay
+            dicom_stream = stream and all(_is_local(u) for u in source.image_uris)
+            image, modality, fmt = _read_image(source, [local[u] for u in source.image_uris], allow_non_ct,
+                                               spacing_tolerance, dicom_stream if source.kind == "dicom" else stream,
+                                               allow_non_hu or allow_non_ct)
             where = source.image_uris[0] if fmt != "dicom" else f"case {source.case_id}"
             check_geometry(image, where, spacing_range_mm)
             if isinstance(image.array, np.ndarray):  # (a stream checks its values as it is read)

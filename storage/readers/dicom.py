@@ -304,7 +304,7 @@ def _value_dtype(slices: list[_Slice]) -> np.dtype:
     return np.dtype(np.int16 if integral else np.float32)
 
 
-def _to_dtype(hu: np.ndarray, dtype: np.dtype) -> np.ndarray:
+def to_dtype(hu: np.ndarray, dtype: np.dtype) -> np.ndarray:
     if dtype != np.int16:
         return hu.astype(dtype)
     rounded = hu if np.issubdtype(hu.dtype, np.integer) else np.rint(hu)
@@ -353,7 +353,7 @@ def _stack(ordered: list[_Slice], dtype: np.dtype) -> np.ndarray:
     """Decode every slice into one preallocated (z, y, x) array (peak: one volume + one slice)."""
     rows, cols = ordered[0].shape
     if ordered[0].frame >= 0:
-        return _to_dtype(_decode_enhanced(ordered), dtype)
+        return to_dtype(_decode_enhanced(ordered), dtype)
     out = np.empty((len(ordered), rows, cols), dtype=dtype)
     for z, s in enumerate(ordered):
         if s.raw is not None and dtype == np.int16:
@@ -362,8 +362,33 @@ def _stack(ordered: list[_Slice], dtype: np.dtype) -> np.ndarray:
         hu = decode_classic(s)
         if hu.shape != (rows, cols):
             raise UnreadableInput(s.path, f"decoded slice shape {hu.shape} != header Rows/Columns {(rows, cols)}")
-        out[z] = _to_dtype(hu, dtype)
+        out[z] = to_dtype(hu, dtype)
     return out
+
+
+@dataclass(frozen=True)
+class Series:
+    """A validated series before its pixels are decoded: slices in order along the normal, the
+    value dtype, geometry (ITK convention) and modality."""
+
+    ordered: list[_Slice]
+    dtype: np.dtype
+    spacing_mm: tuple[float, float, float]
+    origin_mm: tuple[float, ...]
+    direction: tuple[float, ...]
+    modality: str
+
+
+def read_series_headers(paths: list[str], allow_non_ct: bool = False, spacing_tolerance: float = 0.1,
+                        where: str | None = None, min_slices: int = MIN_SLICES) -> Series:
+    """Read and validate one series' headers (local files); see :func:`read_dicom_series`."""
+    where = where or str(Path(paths[0]).parent)
+    slices, modality = read_slices(paths, allow_non_ct)
+    ordered, normal = _order(slices, where)
+    step = _check_positions(ordered, normal, spacing_tolerance, where, min_slices)
+    ps = ordered[0].pixel_spacing
+    return Series(ordered, _value_dtype(ordered), (ps[1], ps[0], step), tuple(ordered[0].ipp),
+                  tuple(_direction(ordered[0].iop, normal)), modality)
 
 
 def read_dicom_series(paths: list[str], allow_non_ct: bool = False, spacing_tolerance: float = 0.1,
@@ -374,13 +399,12 @@ def read_dicom_series(paths: list[str], allow_non_ct: bool = False, spacing_tole
     (default ``MIN_SLICES``) is the fewest slices accepted. The Volume's array is (z, y, x),
     int16 when every rescale is integral, else float32; z runs along the slice
     normal ``cross(row, col)``, so direction columns are (row, col, normal).
+    ``storage.readers.dicom_stream`` decodes the same series a slice at a time instead.
     """
-    where = where or str(Path(paths[0]).parent)
-    slices, modality = read_slices(paths, allow_non_ct)
-    ordered, normal = _order(slices, where)
-    step = _check_positions(ordered, normal, spacing_tolerance, where, min_slices)
-    array = _stack(ordered, _value_dtype(ordered))
-    direction = _direction(ordered[0].iop, normal)
-    ps = ordered[0].pixel_spacing
-    vol = Volume(array, (ps[1], ps[0], step), tuple(ordered[0].ipp), tuple(direction))
-    return vol, modality
+    series = read_series_headers(paths, allow_non_ct, spacing_tolerance, where, min_slices)
+    return stack_series(series), series.modality
+
+
+def stack_series(series: Series) -> Volume:
+    """Every slice of ``series`` decoded into one (z, y, x) Volume (peak: one volume + one slice)."""
+    return Volume(_stack(series.ordered, series.dtype), series.spacing_mm, series.origin_mm, series.direction)

@@ -153,6 +153,11 @@ class NiftiSlices:
         return view
 
     @property
+    def order(self) -> str:
+        """The z order slices must be asked for in (a stream reads forwards)."""
+        return "descending" if self.descending else "ascending"
+
+    @property
     def size(self) -> int:
         return int(np.prod(self.shape, dtype=np.int64))
 

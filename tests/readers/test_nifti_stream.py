@@ -156,8 +156,13 @@ def _labelled_dataset(tmp_path: Path, image_xyz: np.ndarray, label_xyz: np.ndarr
 
 def _ingest(tmp_path: Path, case, info, stream: bool, name: str, monkeypatch, shards=None):
     import storage.ingest as ingest
-    real = ingest.read_case
-    monkeypatch.setattr(ingest, "read_case", lambda *a, **k: real(*a, **{**k, "stream": stream}))
+    import storage.readers as readers
+
+    def read(*args, **kwargs):
+        out = readers.read_case(*args, **{**kwargs, "stream": stream})
+        assert isinstance(out[0].array, np.ndarray) != stream  # the path under test is the one taken
+        return out
+    monkeypatch.setattr(ingest, "read_case", read)
     plan = Plan(target_spacing_mm=TARGET, chunk_vox=(8, 16, 16), shard_vox=shards)
     store = DatasetStore(str(tmp_path / name), "ds", create=True)
     store.ensure(plan.to_dict(), info["label_names"])
