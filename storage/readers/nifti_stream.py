@@ -73,6 +73,20 @@ class _Bytes:
         self.total += n
         return view
 
+    def skip(self, n: int) -> None:
+        """Pass ``n`` bytes without keeping them (a header's claimed offset may be anything)."""
+        while n > len(self.buf) - self.pos:
+            n -= len(self.buf) - self.pos
+            self.total += len(self.buf) - self.pos
+            self.buf, self.pos = bytearray(), 0
+            block = next(self.blocks, None)
+            if block is None:
+                raise UnreadableInput(self.name, f"compressed data decodes to {self.total:,} bytes, fewer than the "
+                                      f"header's data offset: truncated or a corrupt header")
+            self.buf += block
+        self.pos += n
+        self.total += n
+
     def drain(self) -> None:
         """Decode (and so verify) the rest of the stream."""
         for _ in self.blocks:
@@ -132,7 +146,7 @@ class NiftiSlices:
         self._plane_bytes = self.shape[1] * self.shape[2] * stored.itemsize
         gz = image_suffix(path) == ".nii.gz"
         self._bytes = _Bytes(decoded_blocks(Stream(path), _BLOCK) if gz else _plain_blocks(path), name)
-        self._bytes.read(offset)  # the header and its extensions
+        self._bytes.skip(offset)  # the header and its extensions
         self._values = _LabelValues(name) if is_label else CTValues(self.shape, name, allow_non_hu)
         self._kept: dict[int, np.ndarray] = {}
         self._next = 0

@@ -31,15 +31,16 @@ TARGET = (0.9, 1.1, 1.7)
 
 
 def _write_nifti(path: Path, data_xyz: np.ndarray, affine: np.ndarray, slope: float = float("nan"),
-                 inter: float = float("nan"), endian: str = "<") -> Path:
-    """``data_xyz`` stored as is (its dtype, ``endian``), with that affine (sform and qform) and scaling."""
+                 inter: float = float("nan"), endian: str = "<", vox_offset: int = 352) -> Path:
+    """``data_xyz`` stored as is (its dtype, ``endian``), with that affine (sform and qform) and
+    scaling; ``vox_offset`` is only claimed (the voxels follow the 352-byte header)."""
     hdr = nib.Nifti1Header(endianness=endian)
     hdr.set_data_shape(data_xyz.shape)
     hdr.set_data_dtype(data_xyz.dtype)
     hdr.set_sform(affine, code=1)
     hdr.set_qform(affine, code=1)
     hdr["scl_slope"], hdr["scl_inter"] = slope, inter
-    hdr["vox_offset"] = 352
+    hdr["vox_offset"] = vox_offset
     raw = hdr.binaryblock + b"\0\0\0\0" + np.asarray(data_xyz, dtype=data_xyz.dtype.newbyteorder(endian)) \
         .tobytes(order="F")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -144,9 +145,10 @@ def test_stacks_a_stream_cannot_serve_are_read_whole(tmp_path) -> None:
     assert open_slices(str(_write_nifti(tmp_path / "o" / "a.nii.gz", _ct_xyz(rng), affine)), False) is None
 
 
-def _labelled_dataset(tmp_path: Path, image_xyz: np.ndarray, label_xyz: np.ndarray, orientation: str = "z-down"):
+def _labelled_dataset(tmp_path: Path, image_xyz: np.ndarray, label_xyz: np.ndarray, orientation: str = "z-down",
+                      vox_offset: int = 352):
     src = tmp_path / "raw"
-    _write_nifti(src / "imagesTr" / "c_0.nii.gz", image_xyz, _affine(orientation))
+    _write_nifti(src / "imagesTr" / "c_0.nii.gz", image_xyz, _affine(orientation), vox_offset=vox_offset)
     _write_nifti(src / "labelsTr" / "c_0.nii.gz", label_xyz, _affine(orientation))
     (src / "dataset.json").write_text('{"labels": {"0": "background", "1": "organ", "2": "lesion"}}')
     (case,), problems, info = discover_cases(str(src))
@@ -205,6 +207,7 @@ def _flipped_byte(path: Path) -> None:
     ("not-hu", "do not look like Hounsfield units"),
     ("label-values", "outside 0..255"),
     ("nan-image", "NaN"),
+    ("huge-offset", "fewer than the header's data offset"),
 ])
 def test_broken_inputs_fail_with_nothing_stored(tmp_path, monkeypatch, damage, reason) -> None:
     """A fault that shows only while (or after) streaming fails the case with its reason, naming the
@@ -219,7 +222,8 @@ def test_broken_inputs_fail_with_nothing_stored(tmp_path, monkeypatch, damage, r
     label = (rng.random(SHAPE_XYZ) < 0.2).astype(np.int16)
     if damage == "label-values":
         label[3, 3, -2] = 300
-    case, info = _labelled_dataset(tmp_path, image, label, orientation="lps")
+    offset = 2**30 if damage == "huge-offset" else 352  # claimed: 1 GiB of "extensions" (kept: nothing)
+    case, info = _labelled_dataset(tmp_path, image, label, orientation="lps", vox_offset=offset)
     which = case.label_uri if damage.endswith("label") else case.image_uris[0]
     if damage.startswith("truncated"):
         _truncated(Path(which))
@@ -227,7 +231,7 @@ def test_broken_inputs_fail_with_nothing_stored(tmp_path, monkeypatch, damage, r
         _flipped_byte(Path(which))
     result, store = _ingest(tmp_path, case, info, True, "out", monkeypatch)
     assert result.status == "failed" and reason in result.reason, result.reason
-    if damage != "not-hu" and damage != "nan-image":
+    if damage not in ("not-hu", "nan-image", "huge-offset"):
         assert os.path.basename(which) in result.source + result.reason
     assert store.case_record(case.case_id)["status"] == "failed"
     fs, base = open_fs(store.uri)
