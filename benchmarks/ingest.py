@@ -28,13 +28,22 @@ back, so ratios are taken per case and load from elsewhere on the machine largel
   monai     MONAI's usual preprocessing: LoadImaged (PydicomReader / NibabelReader) + EnsureChannelFirstd + Orientationd
             (RAS) + Spacingd (bilinear image, nearest label) + SaveImaged .nii.gz, image and label
   torchio   TorchIO: ScalarImage / LabelMap + ToCanonical + Resample + save .nii.gz
-            (monai and torchio run when importable in this interpreter: MONAI is a dependency of
-            this project; for TorchIO, or nnU-Net v2, make a separate venv with this project and
-            the package, ``python -m venv /tmp/peers && /tmp/peers/bin/pip install -e . torchio``,
-            and run the benchmark with that venv's python; nnU-Net v2's ``run_case_save`` is not
-            wrapped here: its planning step needs a dataset fingerprint first)
+  nnunet    nnU-Net v2's own per-case preprocessing, as ``nnUNetv2_preprocess`` runs it in each of
+            its workers: ``DefaultPreprocessor.run_case_save`` (SimpleITKIO read of image and label,
+            transpose, crop to nonzero, CTNormalization, resampling to --spacing with the default
+            resample_data_or_seg_to_shape, order 3 image / order 1 label, foreground location
+            sampling, float32 image + int16 label saved as blosc2 .b2nd + .pkl), from a minimal
+            plans dict built here (one 3d_fullres configuration; no fingerprint: fixed CT
+            intensity properties). nnU-Net does not read DICOM series: NIfTI only. It keeps the
+            array order of the file (no reorientation to a canonical frame)
+            (monai, torchio and nnunet run when importable in this interpreter: MONAI is a
+            dependency of this project; for TorchIO or nnU-Net v2 make a separate venv with the
+            package and this project's storage dependencies, and run the benchmark with that
+            venv's python; for nnU-Net v2 (2.8.1 tried), with torch pinned to the CPU build:
+              python3 -m venv /tmp/peers && /tmp/peers/bin/pip install torch==2.13.0 torchvision==0.28.0 nnunetv2 zarr==3.1.6 numcodecs==0.16.6 google-crc32c isal==1.9.1 pydicom==3.0.2
+              PYTHONPATH=. /tmp/peers/bin/python benchmarks/ingest.py --formats nifti --methods floor ours nnunet --cases 2 --shape 60 256 256)
 
-(b), (b-sitk), zstd-3, ours-nat and ours-prep run for DICOM only.
+(b), (b-sitk), zstd-3, ours-nat and ours-prep run for DICOM only; nnunet for NIfTI only.
 
 Targets (issue 13): ours <= 1.5x floor on DICOM, <= 2.0x on NIfTI image + label, both with peak
 memory <= 2x one input volume above the worker's baseline; ours >= 3x faster than (b). Per case
@@ -65,9 +74,11 @@ sys.path.insert(0, _ROOT)
 
 from benchmarks.rss import reset_peak, status_mb  # noqa: E402
 
-METHODS = ("floor", "ours", "before", "ours-nat", "ours-prep", "(b)", "(b-sitk)", "what-if", "monai", "torchio")
-PEERS = {"monai": "monai", "torchio": "torchio"}  # method -> the package it needs
+METHODS = ("floor", "ours", "before", "ours-nat", "ours-prep", "(b)", "(b-sitk)", "what-if", "monai", "torchio",
+           "nnunet")
+PEERS = {"monai": "monai", "torchio": "torchio", "nnunet": "nnunetv2"}  # method -> the package it needs
 DICOM_ONLY = ("ours-nat", "ours-prep", "(b)", "(b-sitk)", "what-if")
+NIFTI_ONLY = ("nnunet",)  # nnU-Net reads image files (SimpleITKIO), not DICOM series
 
 
 def _floor(case: Any) -> None:
@@ -155,6 +166,64 @@ def _torchio(case: Any, spacing_mm: tuple[float, float, float], out: str) -> Non
             subject[key].save(os.path.join(out, f"{case.case_id}_{key}.nii.gz"))
 
 
+def nnunet_plans(spacing_mm: tuple[float, float, float]) -> tuple[dict, dict]:
+    """A minimal nnU-Net v2 plans dict (one ``3d_fullres`` configuration at ``spacing_mm``, given
+    x, y, z; nnU-Net's spacings are z, y, x) and its dataset_json, as nnUNetv2_plan_and_preprocess
+    would write them for a one-channel CT dataset with a spleen label; only what preprocessing reads
+    is filled in (the architecture is a placeholder: preprocessing never builds the network)."""
+    seg_kwargs = {"is_seg": True, "order": 1, "order_z": 0, "force_separate_z": None}
+    data_kwargs = {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None}  # nnU-Net's defaults
+    config = {
+        "data_identifier": "nnUNetPlans_3d_fullres", "preprocessor_name": "DefaultPreprocessor",
+        "batch_size": 2, "patch_size": [64, 192, 160], "median_image_size_in_voxels": [120, 512, 512],
+        "spacing": [float(spacing_mm[2]), float(spacing_mm[1]), float(spacing_mm[0])],
+        "normalization_schemes": ["CTNormalization"], "use_mask_for_norm": [False],
+        "resampling_fn_data": "resample_data_or_seg_to_shape", "resampling_fn_data_kwargs": data_kwargs,
+        "resampling_fn_seg": "resample_data_or_seg_to_shape", "resampling_fn_seg_kwargs": seg_kwargs,
+        "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
+        "resampling_fn_probabilities_kwargs": {**data_kwargs, "order": 1},
+        "batch_dice": False,
+        "architecture": {"network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+                         "arch_kwargs": {}, "_kw_requires_import": []},
+    }
+    plans = {
+        "dataset_name": "Dataset001_Bench", "plans_name": "nnUNetPlans",
+        "original_median_spacing_after_transp": config["spacing"], "original_median_shape_after_transp": [120, 512, 512],
+        "image_reader_writer": "SimpleITKIO", "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2],
+        "configurations": {"3d_fullres": config}, "experiment_planner_used": "ExperimentPlanner",
+        "label_manager": "LabelManager",
+        # fixed CT intensity properties (what nnU-Net's fingerprint of a spleen CT dataset gives, roughly),
+        # not a fingerprint of the phantoms: CTNormalization clips to the percentiles and z-scores, and
+        # its cost does not depend on the values
+        "foreground_intensity_properties_per_channel": {"0": {
+            "max": 3071.0, "mean": 99.3, "median": 102.0, "min": -1024.0, "percentile_00_5": -41.0,
+            "percentile_99_5": 176.0, "std": 39.4}},
+    }
+    dataset_json = {"channel_names": {"0": "CT"}, "labels": {"background": 0, "spleen": 1}, "numTraining": 0,
+                    "file_ending": ".nii.gz"}
+    return plans, dataset_json
+
+
+def _nnunet_setup(spacing_mm: tuple[float, float, float]) -> dict[str, Any]:
+    """nnU-Net's preprocessor with its plans and configuration managers (built once per worker)."""
+    from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+    plans, dataset_json = nnunet_plans(spacing_mm)
+    manager = PlansManager(plans)
+    return {"preprocessor": DefaultPreprocessor(verbose=False), "plans_manager": manager,
+            "configuration_manager": manager.get_configuration("3d_fullres"), "dataset_json": dataset_json}
+
+
+def _nnunet(case: Any, out: str) -> None:
+    nn = _WORKER["nnunet"]
+    target = os.path.join(out, case.case_id)
+    for suffix in (".b2nd", "_seg.b2nd", ".pkl"):  # blosc2 will not overwrite; nnUNetv2_preprocess starts
+        if os.path.exists(target + suffix):         # from an empty folder (as "ours" runs with force=True)
+            os.remove(target + suffix)
+    nn["preprocessor"].run_case_save(target, list(case.image_uris), case.label_uri,
+                                     nn["plans_manager"], nn["configuration_manager"], nn["dataset_json"])
+
+
 def run_case(method: str, plan: Any, case: Any, spacing_mm: tuple, out: str) -> None:
     """One case by ``method`` (see the module doc), writing under the folder ``out``."""
     from storage.ingest import ingest_case
@@ -174,6 +243,8 @@ def run_case(method: str, plan: Any, case: Any, spacing_mm: tuple, out: str) -> 
         _monai(case, spacing_mm, out)
     elif method == "torchio":
         _torchio(case, spacing_mm, out)
+    elif method == "nnunet":
+        _nnunet(case, out)
     else:
         _classic(case, spacing_mm, os.path.join(out, f"{case.case_id}.nii.gz"))
 
@@ -195,6 +266,8 @@ def _setup(method: str, spacing_mm: tuple, work: str, zstd_level: int, label_nam
     out = os.path.join(work, method.strip("()").replace("-", "_"))
     os.makedirs(out, exist_ok=True)
     plan = None
+    if method == "nnunet":
+        _WORKER["nnunet"] = _nnunet_setup(tuple(spacing_mm))
     if method in ("ours", "ours-nat", "before"):
         plan = Plan(target_spacing_mm=tuple(spacing_mm), zstd_level=zstd_level)
         DatasetStore(out, "bench", create=True).ensure(plan.to_dict(), label_names)
@@ -311,6 +384,10 @@ def print_table(results: dict[str, dict], labels: dict[str, str], vol_mb: float,
         import numpy as np
         vs_b = float(np.median(_ratios(rows["(b)"], rows["ours"])))
         print(f"ours >= 3x faster than (b): {vs_b:.2f}x [{'met' if vs_b >= 3 else 'NOT met'}]")
+    for peer in ("monai", "torchio", "nnunet"):
+        if {"ours", peer} <= set(rows):
+            print(f"{peer} / ours per case: {_med_min(_ratios(rows[peer], rows['ours']))}x wall, "
+                  f"{_med_min(_ratios(rows[peer], rows['ours'], 'cpu_seconds'))}x CPU")
     return summary
 
 
@@ -344,7 +421,8 @@ def main(argv: list[str] | None = None) -> int:
               "(b-sitk)": "(b-sitk): SimpleITK read+orient+resample -> .nii.gz",
               "what-if": "zstd-3: ours with plain zstd level 3 chunks",
               "monai": "monai: Load + Orientation + Spacing + Save .nii.gz",
-              "torchio": "torchio: ToCanonical + Resample + save .nii.gz"}
+              "torchio": "torchio: ToCanonical + Resample + save .nii.gz",
+              "nnunet": "nnunet: DefaultPreprocessor.run_case_save .b2nd"}
     import importlib.util
     missing = [m for m in args.methods if m in PEERS and importlib.util.find_spec(PEERS[m]) is None]
     for m in missing:
@@ -359,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
         chosen = {m: (native if m == "ours-nat" else tuple(args.spacing)) for m in METHODS if m in args.methods
                   and m not in missing
                   and not (m == "(b-sitk)" and not args.classic) and not (m == "what-if" and not args.what_if)
-                  and not (fmt != "dicom" and m in DICOM_ONLY)}
+                  and not (fmt != "dicom" and m in DICOM_ONLY) and not (fmt != "nifti" and m in NIFTI_ONLY)}
         with tempfile.TemporaryDirectory(prefix="pgl-ingest-bench-") as work:
             results = run_interleaved(chosen, cases, work, args.zstd_level, info.get("label_names", {}),
                                       args.before, args.repeats)
