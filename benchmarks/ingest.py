@@ -15,8 +15,9 @@ back, so ratios are taken per case and load from elsewhere on the machine largel
             the previous commit: ``git archive HEAD~3 | tar -x -C /tmp/before``): before / after
             measured interleaved in one run
   ours-nat  the same with the plan at the series' native spacing (no resampling)
-  ours-prep everything "ours" does before the store write (checksum, read_case, canonicalize,
-            resample, int16): what the store's write_case adds is ours - ours-prep
+  ours-prep the conversion in memory, as ingest did before it streamed: checksum, the whole
+            series read, canonicalize, resample, int16 (ingest now reads, resamples and writes a
+            slice / chunk row at a time, so no part of "ours" corresponds to it exactly)
   (b)       the same conversion (read_case + canonicalize + resample + int16) written as .nii.gz
             with SimpleITK WriteImage(useCompression=True), what nnU-Net v1 / MONAI pipelines store
   (b-sitk)  the whole classic SimpleITK pipeline: ImageSeriesReader + DICOMOrient +
@@ -416,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
               "ours": f"ours: ingest_case -> Zarr, spacing {tuple(args.spacing)}",
               "before": f"before: ingest_case of {args.before}",
               "ours-nat": "ours-nat: ingest_case -> Zarr, native spacing",
-              "ours-prep": "ours-prep: ours up to (not incl.) the store write",
+              "ours-prep": "ours-prep: whole read + resample in memory",
               "(b)": "(b): same conversion -> .nii.gz (SimpleITK)",
               "(b-sitk)": "(b-sitk): SimpleITK read+orient+resample -> .nii.gz",
               "what-if": "zstd-3: ours with plain zstd level 3 chunks",
