@@ -16,10 +16,11 @@ import SimpleITK as sitk
 
 
 class PlaneSource(Protocol):
-    """A ``(z, y, x)`` volume read one slice at a time in increasing z, never whole (e.g.
-    ``storage.readers.nifti_stream.NiftiSlices``). ``source[k]`` is slice k ``(y, x)``,
-    ``source[k0:k1]`` a stack; :meth:`reoriented` permutes / flips within slices before reading
-    begins; :meth:`finish` reads to the end and runs the checks that need every voxel (raising
+    """A ``(z, y, x)`` volume read one slice at a time, in the z order ``order`` asks for, never
+    whole (``storage.readers.nifti_stream.NiftiSlices``, ``dicom_stream.DicomSlices``). ``source[k]``
+    is slice k ``(y, x)``, ``source[k0:k1]`` a stack; :meth:`reoriented` (before reading begins)
+    permutes the in-plane axes (``axes``: the stored axis of output y, x) and flips axes (``flip``:
+    output z, y, x); :meth:`finish` reads to the end and runs the checks that need every voxel (raising
     like a reader); ``order``: "ascending" or "descending" when slices must be asked for in that
     z order (a compressed stream), "any" when any order is cheap (one file per slice).
     ``storage.geometry`` canonicalizes and resamples such a source as it reads."""
@@ -31,7 +32,7 @@ class PlaneSource(Protocol):
 
     def __getitem__(self, index: int | slice) -> np.ndarray: ...
 
-    def reoriented(self, axes: tuple[int, int], flip: tuple[bool, bool]) -> "PlaneSource": ...
+    def reoriented(self, axes: tuple[int, int], flip: tuple[bool, bool, bool]) -> "PlaneSource": ...
 
     def finish(self) -> None: ...
 

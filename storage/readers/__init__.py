@@ -2,7 +2,8 @@
 
 ``read_case`` returns volumes in their original geometry (call ``storage.geometry.canonicalize``
 next). Remote cases (any fsspec URI, e.g. ``s3://``) are first copied to a temporary folder that
-is removed afterwards; one case is in memory at a time. Every failure is a
+is removed afterwards (a NIfTI slice stream keeps its copy open until it is finished; a remote
+DICOM series is read whole); one case is in memory at a time. Every failure is a
 :class:`~storage.errors.RefusedInput` (the input would make a wrong volume) or an
 :class:`~storage.errors.UnreadableInput` (it cannot be decoded), naming the file and the reason.
 Every image must have a plausible spacing and Hounsfield values (``storage.checks``).

@@ -20,7 +20,7 @@ import copy
 import numpy as np
 
 from storage.checks import CTValues
-from storage.errors import UnreadableInput
+from storage.errors import RefusedInput, UnreadableInput
 from storage.geometry import axis_map
 from storage.readers.dicom import Series, decode_classic, to_dtype
 from storage.readers.dicom_pixels import decode_raw
@@ -67,13 +67,19 @@ class DicomSlices:
     def _stored(self, i: int) -> np.ndarray:
         """Slice ``i`` of the series order, decoded as ``storage.readers.dicom`` stacks it, checked once."""
         s, (rows, cols) = self.ordered[i], self.ordered[i].shape
-        if s.raw is not None and self.dtype == np.int16:
-            plane = decode_raw(s, np.empty((rows, cols), dtype=np.int16))
-        else:
-            hu = decode_classic(s)
-            if hu.shape != (rows, cols):
-                raise UnreadableInput(s.path, f"decoded slice shape {hu.shape} != header Rows/Columns {(rows, cols)}")
-            plane = to_dtype(hu, self.dtype)
+        try:
+            if s.raw is not None and self.dtype == np.int16:
+                plane = decode_raw(s, np.empty((rows, cols), dtype=np.int16))
+            else:
+                hu = decode_classic(s)
+                if hu.shape != (rows, cols):
+                    raise UnreadableInput(s.path, f"decoded slice shape {hu.shape} != header Rows/Columns "
+                                          f"{(rows, cols)}")
+                plane = to_dtype(hu, self.dtype)
+        except (RefusedInput, UnreadableInput, MemoryError):
+            raise
+        except Exception as exc:  # the file went away or its decoder failed: this slice, named
+            raise UnreadableInput(s.path, f"pixel data cannot be read: {type(exc).__name__}: {exc}") from exc
         if i not in self._checked:
             self._values.add(plane, i)
             self._checked.add(i)

@@ -43,17 +43,34 @@ def file_stem(name: str) -> str:
     return base[: -len(suffix)] if suffix else Path(base).stem
 
 
+def raw_header(nii: "nib.Nifti1Image", path: str) -> "nib.Nifti1Header":
+    """The header as the file stores it (nibabel's loaded header has scl_slope / scl_inter moved into
+    its data proxy, and zero or negative pixdims made positive)."""
+    with nib.openers.ImageOpener(path) as fh:
+        return type(nii.header).from_fileobj(fh, check=False)
+
+
 def _check_pixdim(nii: "nib.Nifti1Image", path: str) -> None:
-    """Refuse a zero, negative or NaN pixdim[1..3] when it gives the voxel size (no sform). nibabel's
-    loaded header has already made zeros 1 and negatives positive, so the raw header is read again."""
+    """Refuse a zero, negative or NaN pixdim[1..3] when it gives the voxel size (no sform)."""
     if int(nii.header["sform_code"]) != 0:
         return
-    with nib.openers.ImageOpener(path) as fh:
-        raw = type(nii.header).from_fileobj(fh, check=False)
+    raw = raw_header(nii, path)
     for axis, value in zip("xyz", np.asarray(raw["pixdim"][1:4], dtype=np.float64)):
         if not value > 0:
             raise RefusedInput(path, f"NIfTI pixdim of axis {axis} is {value:g}: no voxel size (the qform needs "
                                "pixdim[1..3] > 0)")
+
+
+def check_data_offset(nii: "nib.Nifti1Image", path: str) -> None:
+    """Refuse a single-file NIfTI whose vox_offset points into its own header: its voxels would be
+    read shifted by the header's bytes (ITK and nibabel each shift them differently)."""
+    if image_suffix(path) not in (".nii", ".nii.gz"):
+        return
+    header_bytes = int(type(nii.header).sizeof_hdr) + 4  # the header and its extension flag
+    offset = int(nii.dataobj.offset)
+    if offset < header_bytes:
+        raise RefusedInput(path, f"NIfTI vox_offset {offset} lies inside the {header_bytes}-byte header: a corrupt "
+                           "header")
 
 
 def _affine_geometry(nii: "nib.Nifti1Image", path: str) -> tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...]]:
@@ -79,6 +96,7 @@ def _nifti_geometry(path: str) -> tuple[tuple[float, ...], tuple[float, ...], tu
     float files are checked on nibabel's view of the stored values.
     """
     nii = nib.load(path)
+    check_data_offset(nii, path)
     if np.issubdtype(nii.get_data_dtype(), np.floating):
         if not np.isfinite(np.asanyarray(nii.dataobj).sum(dtype=np.float64)):
             raise RefusedInput(path, "image contains NaN or infinite values")

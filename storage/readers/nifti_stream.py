@@ -36,7 +36,8 @@ import numpy as np
 from storage.checks import CTValues
 from storage.errors import RefusedInput, UnreadableInput
 from storage.geometry import axis_map
-from storage.readers.image_file import MIN_SLICES, _affine_geometry, check_claimed_size, image_suffix
+from storage.readers.image_file import (MIN_SLICES, _affine_geometry, check_claimed_size, check_data_offset,
+                                       image_suffix, raw_header)
 from storage.readers.payload import Stream, decoded_blocks
 from storage.volume import Volume
 
@@ -57,13 +58,20 @@ class _Bytes:
     def __init__(self, blocks: Iterator[bytes], name: str) -> None:
         self.blocks, self.name = blocks, name
         self.buf, self.pos, self.total = bytearray(), 0, 0
+        self.buf += self._next() or b""  # opens the file now (a temporary copy may go once it is open)
+
+    def _next(self) -> bytes | None:
+        try:
+            return next(self.blocks, None)
+        except OSError as exc:
+            raise UnreadableInput(self.name, f"cannot read the file: {exc}") from exc
 
     def read(self, n: int) -> memoryview:
         while len(self.buf) - self.pos < n:
             if self.pos:
                 del self.buf[:self.pos]
                 self.pos = 0
-            block = next(self.blocks, None)
+            block = self._next()
             if block is None:
                 raise UnreadableInput(self.name, f"compressed data decodes to {self.total + len(self.buf):,} bytes "
                                       f"but the header needs {self.total + n:,}: truncated or a corrupt header")
@@ -79,7 +87,7 @@ class _Bytes:
             n -= len(self.buf) - self.pos
             self.total += len(self.buf) - self.pos
             self.buf, self.pos = bytearray(), 0
-            block = next(self.blocks, None)
+            block = self._next()
             if block is None:
                 raise UnreadableInput(self.name, f"compressed data decodes to {self.total:,} bytes, fewer than the "
                                       f"header's data offset: truncated or a corrupt header")
@@ -89,7 +97,7 @@ class _Bytes:
 
     def drain(self) -> None:
         """Decode (and so verify) the rest of the stream."""
-        for _ in self.blocks:
+        while self._next() is not None:
             pass
 
 
@@ -178,8 +186,9 @@ class NiftiSlices:
     def _decode(self) -> np.ndarray:
         """The next stored slice, checked and converted, in the output orientation."""
         raw = np.frombuffer(self._bytes.read(self._plane_bytes), dtype=self.stored).reshape(self._stored_plane)
-        if self.scale is not None:
-            plane = (raw.astype(np.float64) * self.scale[0] + self.scale[1]).astype(np.float32)
+        if self.scale is not None:  # as ITK: integers through float32 first, then in double
+            wide = raw.astype(np.float32) if self.stored.kind in "iu" else raw
+            plane = (wide.astype(np.float64) * self.scale[0] + self.scale[1]).astype(np.float32)
         else:
             plane = raw.astype(raw.dtype.newbyteorder("=") if self.is_label else self.dtype)
         if self.is_label:
@@ -240,12 +249,17 @@ class NiftiSlices:
         return out.astype(dtype) if dtype is not None else out
 
 
-def _scaling(nii: "nib.Nifti1Image") -> tuple[float, float] | None:
-    """(slope, intercept) when the file is rescaled, else None: the header's scl_slope / scl_inter
-    as nibabel's loader keeps them (a zero or non-finite slope: no scaling, as niftilib, ITK's
-    reader, has it; the loaded header itself no longer holds them)."""
-    slope, inter = float(nii.dataobj.slope), float(nii.dataobj.inter)
-    return None if (slope == 1 and inter == 0) else (slope, inter)
+def itk_scaling(raw: "nib.Nifti1Header") -> tuple[float, float] | None:
+    """(slope, intercept) as SimpleITK's NIfTI reader applies the stored header's scl_slope /
+    scl_inter (``raw``: :func:`~storage.readers.image_file.raw_header`), None when it does not
+    rescale. Measured against SimpleITK 2.5.7: a non-finite or (near) zero slope counts as 1 with
+    the intercept kept; a non-finite intercept counts as 0."""
+    slope, inter = float(raw["scl_slope"]), float(raw["scl_inter"])
+    if not np.isfinite(slope) or abs(slope) < np.finfo(np.float64).eps:
+        slope = 1.0
+    if not np.isfinite(inter):
+        inter = 0.0
+    return None if (slope == 1.0 and inter == 0.0) else (slope, inter)
 
 
 def open_slices(path: str, is_label: bool, name: str | None = None,
@@ -262,7 +276,6 @@ def open_slices(path: str, is_label: bool, name: str | None = None,
     if not isinstance(nii, (nib.Nifti1Image, nib.Nifti2Image)) or len(nii.shape) != 3:
         return None
     stored = nii.header.get_data_dtype()
-    scale = _scaling(nii)
     nx, ny, nz = (int(v) for v in nii.shape)
     if stored.kind not in "iuf" or stored.itemsize > 8:
         return None
@@ -275,6 +288,8 @@ def open_slices(path: str, is_label: bool, name: str | None = None,
         return None
     try:
         check_claimed_size(path, (nx, ny, nz), stored.itemsize)
+        check_data_offset(nii, path)
+        scale = itk_scaling(raw_header(nii, path))
     except RefusedInput as exc:
         raise RefusedInput(name, exc.reason) from exc
     if nz < MIN_SLICES and not is_label:

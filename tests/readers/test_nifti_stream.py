@@ -18,6 +18,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from storage.errors import RefusedInput, UnreadableInput
 from storage.geometry import Resampled, canonicalize
 from storage.ingest import ingest_case
 from storage.plan import Plan
@@ -112,22 +113,46 @@ def test_streamed_equals_whole_read(tmp_path, orientation, suffix) -> None:
         assert got.dtype == ref.dtype and np.array_equal(got, ref)
 
 
-@pytest.mark.parametrize("kind", ["uint16+intercept", "float32*slope", "big-endian", "int32"])
+@pytest.mark.parametrize("kind", ["uint16+intercept", "float32*slope", "big-endian", "int32", "int32-large*slope",
+                                  "slope 0", "slope nan", "slope 1e-30", "intercept nan", "intercept inf"])
 def test_stored_types_and_scaling(tmp_path, kind) -> None:
-    """The stored type, byte order and scl_slope / scl_inter change nothing in the output."""
+    """The stored type, byte order and scl_slope / scl_inter (as SimpleITK applies them, odd values
+    included) change nothing: the stream gives what the whole-file read gives."""
     rng = np.random.default_rng(7)
     path = tmp_path / "a.nii.gz"
+    odd = {"slope 0": (0.0, -1024.0), "slope nan": (float("nan"), -1024.0), "slope 1e-30": (1e-30, -1024.0),
+           "intercept nan": (2.0, float("nan")), "intercept inf": (1.0, float("inf"))}
     if kind == "uint16+intercept":
         _write_nifti(path, _ct_xyz(rng, np.uint16, offset=-1024), _affine("lps"), 1.0, -1024.0)
     elif kind == "float32*slope":
         _write_nifti(path, (_ct_xyz(rng) / 0.5).astype(np.float32), _affine("lps"), 0.5, 0.0)
     elif kind == "big-endian":
         _write_nifti(path, _ct_xyz(rng), _affine("z-down"), endian=">")
-    else:
+    elif kind == "int32":
         _write_nifti(path, _ct_xyz(rng, np.int32), _affine("ras"))
+    elif kind == "int32-large*slope":  # beyond float32's integers: ITK rounds them to float32 first, which
+        hu = _ct_xyz(rng).astype(np.int64)  # moves these half-HU values across their rounding ties
+        raw = 2**25 + (hu + 1024) * 2**13 + 2**12 + rng.integers(-3, 4, hu.shape)
+        _write_nifti(path, raw.astype(np.int32), _affine("lps"), 2.0**-13, -(2.0**12 + 1024))
+    else:
+        _write_nifti(path, _ct_xyz(rng), _affine("lps"), *odd[kind])
+    if kind.startswith("intercept"):  # nibabel, whose header the geometry comes from, refuses it: both do
+        for stream in (False, True):
+            with pytest.raises(UnreadableInput, match="invalid intercept"):
+                read_case(_case(tmp_path), stream=stream)
+        return
     whole, streamed = _both(_case(tmp_path))
     assert isinstance(streamed[0].array, NiftiSlices)
     assert np.array_equal(_resampled(streamed[0], False), _resampled(whole[0], False))
+
+
+def test_data_offset_inside_the_header_is_refused(tmp_path) -> None:
+    """vox_offset 0 in a .nii.gz: the voxels would be read shifted by the header; both reads refuse."""
+    _write_nifti(tmp_path / "a.nii.gz", _ct_xyz(np.random.default_rng(1)), _affine("lps"), vox_offset=0)
+    case = _case(tmp_path)
+    for stream in (False, True):
+        with pytest.raises(RefusedInput, match="vox_offset 0 lies inside the 352-byte header"):
+            read_case(case, stream=stream)
 
 
 def test_stacks_a_stream_cannot_serve_are_read_whole(tmp_path) -> None:
