@@ -37,6 +37,26 @@ class PlaneSource(Protocol):
     def finish(self) -> None: ...
 
 
+def stacked(source: "PlaneSource", index: slice, descending: bool = False) -> np.ndarray:
+    """``source[index]`` (a z range, step 1) of a plane source: its slices read in the source's
+    order (from the last when ``descending``) and stacked in increasing z."""
+    start, stop, step = index.indices(source.shape[0])
+    if step != 1:
+        raise ValueError(f"slices of a plane source are read with step 1, not {step}")
+    if stop <= start:
+        return np.empty((0, *source.shape[1:]), dtype=source.dtype)
+    ks = range(stop - 1, start - 1, -1) if descending else range(start, stop)
+    planes = {k: source[k] for k in ks}
+    return np.stack([planes[k] for k in range(start, stop)])
+
+
+def reoriented_plane(plane: np.ndarray, axes: tuple[int, int], flip: tuple[bool, bool]) -> np.ndarray:
+    """A stored slice ``(y, x)`` with its axes permuted (``axes``: the stored axis of output y, x)
+    then flipped (``flip``: output y, x), as views."""
+    plane = plane.T if tuple(axes) != (0, 1) else plane
+    return np.flip(plane, axis=tuple(a for a in (0, 1) if flip[a])) if any(flip) else plane
+
+
 @dataclass
 class Volume:
     """A 3D scalar image. ``array``: (z, y, x), an ndarray or, from a streaming reader, a

@@ -24,7 +24,7 @@ from storage.errors import RefusedInput, UnreadableInput
 from storage.geometry import axis_map
 from storage.readers.dicom import Series, decode_classic, to_dtype
 from storage.readers.dicom_pixels import decode_raw
-from storage.volume import Volume
+from storage.volume import Volume, reoriented_plane, stacked
 
 _KEEP = 4  # decoded slices kept (the resampler asks for at most two at a time)
 
@@ -87,22 +87,13 @@ class DicomSlices:
 
     def __getitem__(self, index: int | slice) -> np.ndarray:
         if isinstance(index, slice):
-            start, stop, step = index.indices(self.shape[0])
-            if step != 1:
-                raise ValueError(f"{self.where}: slices are read with step 1")
-            if stop <= start:
-                return np.empty((0, *self.shape[1:]), dtype=self.dtype)
-            return np.stack([self[k] for k in range(start, stop)])
+            return stacked(self, index)
         k = int(index)
         if k < 0 or k >= self.shape[0]:
             raise IndexError(f"slice {k} of {self.shape[0]}")
         if k not in self._kept:
             plane = self._stored(self.shape[0] - 1 - k if self._flip[0] else k)
-            if self._axes != (0, 1):
-                plane = plane.T
-            if self._flip[1] or self._flip[2]:
-                plane = np.flip(plane, axis=tuple(a for a in (0, 1) if self._flip[1 + a]))
-            self._kept[k] = plane
+            self._kept[k] = reoriented_plane(plane, self._axes, self._flip[1:])
             if len(self._kept) > _KEEP:
                 self._kept.pop(next(iter(self._kept)))
         return self._kept[k]

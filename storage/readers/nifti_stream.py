@@ -39,7 +39,7 @@ from storage.geometry import axis_map
 from storage.readers.image_file import (MIN_SLICES, _affine_geometry, check_claimed_size, check_data_offset,
                                        image_suffix, raw_header)
 from storage.readers.payload import Stream, decoded_blocks
-from storage.volume import Volume
+from storage.volume import Volume, reoriented_plane, stacked
 
 _KEEP = 4  # decoded slices kept behind the newest (the resampler asks for at most two at a time)
 _BLOCK = 1 << 20  # bytes decoded (or read) at a time
@@ -196,23 +196,12 @@ class NiftiSlices:
             plane = plane.astype(np.uint8)
         else:
             self._values.add(plane, self._next)  # as stored: the subsample of the whole-file check
-        if self._axes != (0, 1):
-            plane = plane.T
-        if any(self._flip):
-            plane = np.flip(plane, axis=tuple(a for a, f in enumerate(self._flip) if f))
         self._next += 1
-        return plane
+        return reoriented_plane(plane, self._axes, self._flip)
 
     def __getitem__(self, index: int | slice) -> np.ndarray:
         if isinstance(index, slice):
-            start, stop, step = index.indices(self.shape[0])
-            if step != 1:
-                raise ValueError(f"{self.name}: slices are read with step 1")
-            if stop <= start:
-                return np.empty((0, *self.shape[1:]), dtype=self.dtype)
-            ks = range(stop - 1, start - 1, -1) if self.descending else range(start, stop)
-            planes = {k: self[k] for k in ks}
-            return np.stack([planes[k] for k in range(start, stop)])
+            return stacked(self, index, self.descending)
         k = int(index)
         if k < 0 or k >= self.shape[0]:
             raise IndexError(f"slice {k} of {self.shape[0]}")
