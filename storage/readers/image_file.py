@@ -73,7 +73,7 @@ def check_data_offset(nii: "nib.Nifti1Image", path: str) -> None:
                            "header")
 
 
-def _affine_geometry(nii: "nib.Nifti1Image", path: str) -> tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...]]:
+def affine_geometry(nii: "nib.Nifti1Image", path: str) -> tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...]]:
     """(spacing_xyz, origin_lps, direction_rowmajor) from the standard's best affine (header only)."""
     _check_pixdim(nii, path)
     affine = np.asarray(nii.affine, dtype=np.float64)
@@ -90,7 +90,7 @@ def _affine_geometry(nii: "nib.Nifti1Image", path: str) -> tuple[tuple[float, ..
 
 
 def _nifti_geometry(path: str) -> tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...]]:
-    """Geometry from the standard's best affine (see :func:`_affine_geometry`).
+    """Geometry from the standard's best affine (see :func:`affine_geometry`).
 
     Also refuses non-finite float data: ITK's NIfTI reader silently turns NaN into 0, so
     float files are checked on nibabel's view of the stored values.
@@ -100,7 +100,7 @@ def _nifti_geometry(path: str) -> tuple[tuple[float, ...], tuple[float, ...], tu
     if np.issubdtype(nii.get_data_dtype(), np.floating):
         if not np.isfinite(np.asanyarray(nii.dataobj).sum(dtype=np.float64)):
             raise RefusedInput(path, "image contains NaN or infinite values")
-    return _affine_geometry(nii, path)
+    return affine_geometry(nii, path)
 
 
 def image_geometry(path: str) -> tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...]]:
@@ -108,7 +108,7 @@ def image_geometry(path: str) -> tuple[tuple[float, ...], tuple[float, ...], tup
     :func:`read_image_file` will report it (NIfTI from its affine, others from ITK)."""
     if image_suffix(path) in (".nii", ".nii.gz"):
         try:
-            return _affine_geometry(nib.load(path), path)
+            return affine_geometry(nib.load(path), path)
         except RefusedInput:
             raise
         except Exception as exc:  # nibabel raises many types on corrupt headers

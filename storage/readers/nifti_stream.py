@@ -10,19 +10,19 @@ not asked for, verifies the stream to its end (every gzip member's CRC-32 and le
 there or at the slice where it shows; the store's write is atomic, so nothing of such a case is kept.
 
 The voxels are exactly what the whole-file reader (``storage.readers.image_file``) gives: the
-stored values with ``scl_slope`` / ``scl_inter`` applied as ITK does (in float64, then float32),
-images as int16 when stored as 8- or 16-bit signed integers without scaling, else float32 (the
+stored values with ``scl_slope`` / ``scl_inter`` applied as SimpleITK does (:func:`itk_scaling`),
+images as int16 when stored as 8-bit integers or int16 without scaling, else float32 (the
 whole-file reader's int16 for other integers that fit gives the same resampled int16 output);
 labels as uint8 after the same checks (finite, integral, 0..255). The HU rule is applied on the
 same subsample (``storage.checks.CTValues``). Geometry is the header's, as the whole-file reader
-reports it.
+reports it; a ``vox_offset`` inside the header is refused, as there.
 
 :func:`open_slices` returns None (read the whole file instead) when streaming cannot keep those
 promises: not a 3D NIfTI of a plain numeric type, an oblique orientation, or one whose canonical
-(LPS) z axis is not the stored k axis (a sagittal or coronal stack). When the canonical z runs against k, the stream is read from the
-last canonical slice down (``descending``; the store's writer then writes its chunk rows from the
-last). The open file handle is kept until the stream is finished, so a temporary local copy may be
-removed meanwhile (POSIX).
+(LPS) z axis is not the stored k axis (a sagittal or coronal stack). When the canonical z runs
+against k, the stream is read from the last canonical slice down (``descending``; the store's
+writer then writes its chunk rows from the last). The file is opened at once and kept open until
+the stream is finished, so a temporary local copy may be removed meanwhile (POSIX).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ import numpy as np
 from storage.checks import CTValues
 from storage.errors import RefusedInput, UnreadableInput
 from storage.geometry import axis_map
-from storage.readers.image_file import (MIN_SLICES, _affine_geometry, check_claimed_size, check_data_offset,
+from storage.readers.image_file import (MIN_SLICES, affine_geometry, check_claimed_size, check_data_offset,
                                        image_suffix, raw_header)
 from storage.readers.payload import Stream, decoded_blocks
 from storage.volume import Volume, reoriented_plane, stacked
@@ -269,7 +269,7 @@ def open_slices(path: str, is_label: bool, name: str | None = None,
     if stored.kind not in "iuf" or stored.itemsize > 8:
         return None
     try:
-        spacing, origin, direction = _affine_geometry(nii, path)
+        spacing, origin, direction = affine_geometry(nii, path)
     except RefusedInput as exc:
         raise RefusedInput(name, exc.reason) from exc
     mapping = axis_map(direction)
