@@ -60,10 +60,6 @@ class DicomSlices:
         view._kept = {}
         return view
 
-    @property
-    def size(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
-
     def _stored(self, i: int) -> np.ndarray:
         """Slice ``i`` of the series order, decoded as ``storage.readers.dicom`` stacks it, checked once."""
         s, (rows, cols) = self.ordered[i], self.ordered[i].shape

@@ -239,13 +239,35 @@ def read_image_file(path: str, is_label: bool = False) -> Volume:
     return Volume(array, geometry[0], geometry[1], geometry[2])
 
 
+class LabelValues:
+    """What a label map must satisfy (finite, integral values in 0..255), over the whole array or a
+    slice at a time (:meth:`add`); :meth:`finish` refuses, naming ``path``."""
+
+    def __init__(self, path: str) -> None:
+        self.path, self.finite, self.integral = path, True, True
+        self.lo = self.hi = None
+
+    def add(self, values: np.ndarray) -> None:
+        if np.issubdtype(values.dtype, np.floating):
+            self.finite = self.finite and bool(np.isfinite(values.sum(dtype=np.float64)))
+            self.integral = self.integral and bool(np.array_equal(values, np.rint(values)))
+        if values.size:
+            lo, hi = values.min(), values.max()
+            self.lo = lo if self.lo is None else min(self.lo, lo)
+            self.hi = hi if self.hi is None else max(self.hi, hi)
+
+    def finish(self) -> None:
+        if not self.finite:
+            raise RefusedInput(self.path, "label map contains NaN or infinite values")
+        if not self.integral:
+            raise RefusedInput(self.path, "label map has non-integer values")
+        lo, hi = (self.lo, self.hi) if self.lo is not None else (0, 0)
+        if lo < 0 or hi > 255:
+            raise RefusedInput(self.path, f"label values {lo}..{hi} outside 0..255")
+
+
 def _label_values(array: np.ndarray, path: str) -> np.ndarray:
-    if np.issubdtype(array.dtype, np.floating):
-        if not np.isfinite(array.sum(dtype=np.float64)):
-            raise RefusedInput(path, "label map contains NaN or infinite values")
-        if not np.array_equal(array, np.rint(array)):
-            raise RefusedInput(path, "label map has non-integer values")
-    lo, hi = (array.min(), array.max()) if array.size else (0, 0)
-    if lo < 0 or hi > 255:
-        raise RefusedInput(path, f"label values {lo}..{hi} outside 0..255")
+    checks = LabelValues(path)
+    checks.add(array)
+    checks.finish()
     return array.astype(np.uint8, copy=False)

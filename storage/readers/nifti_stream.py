@@ -36,8 +36,8 @@ import numpy as np
 from storage.checks import CTValues
 from storage.errors import RefusedInput, UnreadableInput
 from storage.geometry import axis_map
-from storage.readers.image_file import (MIN_SLICES, affine_geometry, check_claimed_size, check_data_offset,
-                                       image_suffix, raw_header)
+from storage.readers.image_file import (MIN_SLICES, LabelValues, affine_geometry, check_claimed_size,
+                                       check_data_offset, image_suffix, raw_header)
 from storage.readers.payload import Stream, decoded_blocks
 from storage.volume import Volume, reoriented_plane, stacked
 
@@ -101,32 +101,6 @@ class _Bytes:
             pass
 
 
-class _LabelValues:
-    """The label checks of the whole-file reader, over slices; :meth:`finish` refuses."""
-
-    def __init__(self, name: str) -> None:
-        self.name, self.finite, self.integral = name, True, True
-        self.lo = self.hi = None
-
-    def add(self, plane: np.ndarray) -> None:
-        if np.issubdtype(plane.dtype, np.floating):
-            self.finite = self.finite and bool(np.isfinite(plane.sum(dtype=np.float64)))
-            self.integral = self.integral and bool(np.array_equal(plane, np.rint(plane)))
-        if plane.size:
-            lo, hi = plane.min(), plane.max()
-            self.lo = lo if self.lo is None else min(self.lo, lo)
-            self.hi = hi if self.hi is None else max(self.hi, hi)
-
-    def finish(self) -> None:
-        if not self.finite:
-            raise RefusedInput(self.name, "label map contains NaN or infinite values")
-        if not self.integral:
-            raise RefusedInput(self.name, "label map has non-integer values")
-        lo, hi = (self.lo, self.hi) if self.lo is not None else (0, 0)
-        if lo < 0 or hi > 255:
-            raise RefusedInput(self.name, f"label values {lo}..{hi} outside 0..255")
-
-
 class NiftiSlices:
     """The (z, y, x) voxels of one NIfTI file, slice by slice in increasing z (see the module doc).
 
@@ -155,7 +129,7 @@ class NiftiSlices:
         gz = image_suffix(path) == ".nii.gz"
         self._bytes = _Bytes(decoded_blocks(Stream(path), _BLOCK) if gz else _plain_blocks(path), name)
         self._bytes.skip(offset)  # the header and its extensions
-        self._values = _LabelValues(name) if is_label else CTValues(self.shape, name, allow_non_hu)
+        self._values = LabelValues(name) if is_label else CTValues(self.shape, name, allow_non_hu)
         self._kept: dict[int, np.ndarray] = {}
         self._next = 0
         self._finished = False
@@ -178,10 +152,6 @@ class NiftiSlices:
     def order(self) -> str:
         """The z order slices must be asked for in (a stream reads forwards)."""
         return "descending" if self.descending else "ascending"
-
-    @property
-    def size(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
 
     def _decode(self) -> np.ndarray:
         """The next stored slice, checked and converted, in the output orientation."""
