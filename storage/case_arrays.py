@@ -29,11 +29,19 @@ from storage.chunk_writer import ArrayWriter
 _DIMS = ("z", "y", "x")
 
 
-def compressor(dtype: np.dtype, zstd_level: int) -> BloscCodec:
+def compressor(dtype: np.dtype, zstd_level: int, chunks: tuple[int, ...] | None = None) -> BloscCodec:
     """zstd inside Blosc with byte shuffle: measured ~3x faster to encode than plain zstd level 3
-    on CT, 20 % smaller, and faster to decode (int16 HU: the high bytes compress apart)."""
-    return BloscCodec(cname="zstd", clevel=int(zstd_level), shuffle="shuffle",
-                      typesize=int(np.dtype(dtype).itemsize))
+    on CT, 20 % smaller, and faster to decode (int16 HU: the high bytes compress apart).
+
+    With ``chunks``, one Blosc block per chunk (``blocksize`` = the chunk's bytes) instead of
+    Blosc's automatic 32 KiB-ish blocks at level 1: measured on a resampled 124 x 463 x 463 CT
+    (256 chunks of 32 x 64 x 64, 7 interleaved rounds, median) 30 % faster to encode, 28 % faster
+    to decode, 1.5 % smaller; Blosc's own threads, which split a chunk by blocks, are not used by
+    the store (chunks are decoded and encoded in parallel instead)."""
+    itemsize = int(np.dtype(dtype).itemsize)
+    blocksize = int(np.prod(chunks)) * itemsize if chunks else 0
+    return BloscCodec(cname="zstd", clevel=int(zstd_level), shuffle="shuffle", typesize=itemsize,
+                      blocksize=blocksize)
 
 
 def array_layout(shape: tuple[int, ...], chunk_vox: tuple[int, ...], shard_vox: tuple[int, ...] | None,
@@ -89,7 +97,7 @@ def create_array(group: zarr.Group, name: str, shape: tuple[int, ...], dtype: np
     """Create array ``name`` in ``group`` (metadata only: no chunk is written)."""
     return group.create_array(
         name, shape=shape, dtype=dtype, chunks=chunks, shards=shards,
-        compressors=compressor(dtype, zstd_level), fill_value=layout.FILL_VALUE[name],
+        compressors=compressor(dtype, zstd_level, chunks), fill_value=layout.FILL_VALUE[name],
         dimension_names=_DIMS, config={"write_empty_chunks": False})
 
 

@@ -212,6 +212,8 @@ def test_shards_only_on_object_store(backend):
     assert arr.metadata.fill_value == -1024
     codecs = json.dumps(arr.metadata.to_dict()["codecs"])
     assert '"blosc"' in codecs and '"cname": "zstd"' in codecs and '"shuffle": "shuffle"' in codecs
+    # one Blosc block per (inner) chunk: the chunk's bytes
+    assert f'"blocksize": {int(np.prod(CHUNK_VOX)) * 2}' in codecs
 
 
 def test_crash_before_record_keeps_the_old_case_and_is_rewritable(backend):
