@@ -46,11 +46,12 @@ def compressor(dtype: np.dtype, zstd_level: int, chunks: tuple[int, ...] | None 
 
 def array_layout(shape: tuple[int, ...], chunk_vox: tuple[int, ...], shard_vox: tuple[int, ...] | None,
                  object_store: bool) -> tuple[tuple, tuple | None]:
-    """(chunks, shards or None) of an array of ``shape``; ``shard_vox=None`` shards only on object
-    stores (``layout.DEFAULT_SHARD_VOX``)."""
+    """(chunks, shards or None) of an array of ``shape``. ``shard_vox=None``: on object stores
+    ``layout.DEFAULT_SHARD_VOX``; on a filesystem one shard per chunk row (``layout.row_shard_vox``):
+    a few files per case instead of hundreds, each written as soon as its row is encoded."""
     chunks = layout.chunk_shape(shape, chunk_vox)
-    if shard_vox is None and object_store:
-        shard_vox = layout.DEFAULT_SHARD_VOX
+    if shard_vox is None:
+        shard_vox = layout.DEFAULT_SHARD_VOX if object_store else layout.row_shard_vox(shape, chunks)
     shards = layout.shard_shape(shape, chunks, shard_vox) if shard_vox else None
     if shards == chunks:
         shards = None

@@ -123,6 +123,15 @@ def shard_shape(
     return tuple(out)  # type: ignore[return-value]
 
 
+def row_shard_vox(shape_zyx: tuple[int, ...], chunks: tuple[int, int, int]) -> tuple[int, int, int]:
+    """The shard of one chunk row: a chunk deep, the whole array in plane (the default on a
+    filesystem). Measured against one file per chunk (a 124 x 463 x 463 case: 256 image chunk
+    files vs 4 shards): ingest 30 % faster, almost all of it kernel time creating files (ext4's
+    inode allocator, slower still right after deletions), and random 20 x 134 x 134 crops as fast
+    (3.0 vs 3.3 ms median)."""
+    return (int(chunks[0]), int(shape_zyx[1]), int(shape_zyx[2]))
+
+
 def validate_arrays(case_id: str, image: Any, label: Any | None) -> None:
     """Check dtypes and shapes of a case's arrays (or slab sources: ``shape`` and ``dtype``); errors
     name the case."""

@@ -30,8 +30,8 @@ class PlanRequest(BaseModel):
         None, description="Output spacing (x, y, z) in mm; None = the dataset's median spacing.")
     chunk_vox: tuple[int, int, int] = Field((32, 64, 64), description="Zarr chunk shape (z, y, x) for image and label.")
     shard_vox: tuple[int, int, int] | None = Field(
-        None, description="Zarr shard shape (z, y, x). None = no shards on local disk, (128, 256, 256) "
-        "on object stores (fewer, larger objects).")
+        None, description="Zarr shard shape (z, y, x). None = one shard per chunk row on local disk "
+        "(a few files per case instead of hundreds), (128, 256, 256) on object stores (fewer, larger objects).")
     zstd_level: int = Field(1, ge=1, le=9, description="zstd level of the arrays' chunks (zstd inside Blosc, "
                             "byte shuffle).")
     allow_non_ct: bool = Field(False, description="Accept DICOM modalities other than CT (and so values that are "

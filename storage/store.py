@@ -8,8 +8,8 @@ version 2; version 1 is still read) is defined in ``storage/layout.py`` and docu
 ``docs/store-layout.md``.
 
 Arrays are (z, y, x): ``image`` int16 HU, ``label`` uint8. The same code serves a local
-directory (zarr ``LocalStore``) and S3 (zarr ``FsspecStore`` over s3fs); on object stores the
-chunks are grouped in shards. A ``DatasetStore`` pickles to its address only and re-opens
+directory (zarr ``LocalStore``) and S3 (zarr ``FsspecStore`` over s3fs); chunks are grouped in
+shards (larger ones on object stores, one per chunk row on a filesystem). A ``DatasetStore`` pickles to its address only and re-opens
 lazily, so DataLoader worker processes (fork or spawn) can use it.
 """
 
@@ -293,7 +293,8 @@ class DatasetStore:
         on the way; ``check_labels(counts)`` may refuse the case here); then the record naming it,
         in one atomic put (readers switch to the new arrays there; until then the old record and
         its arrays stay intact); then the old generation and any leftovers are removed.
-        ``shard_vox=None`` shards only on object stores (default (128, 256, 256)).
+        ``shard_vox=None``: shards of (128, 256, 256) on object stores, one shard per chunk row on a
+        filesystem (``case_arrays.array_layout``).
         """
         layout.check_case_id(case_id)
         image = as_slabs(image)

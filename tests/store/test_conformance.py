@@ -196,7 +196,7 @@ def test_air_shards_not_written(backend):
     np.testing.assert_array_equal(store.read_crop("c1", (30, 50, 60), (10, 20, 30)), image[30:40, 50:70, 60:90])
 
 
-def test_shards_only_on_object_store(backend):
+def test_default_shards_per_backend(backend):
     store = _ready(backend)
     image, label = ct_volume()
     store.write_case("c1", image, label, case_attrs(), chunk_vox=CHUNK_VOX)
@@ -208,7 +208,10 @@ def test_shards_only_on_object_store(backend):
         fs, path = open_fs(join_uri(store.uri, store.case_path("c1"), "image", "c"), backend.storage_options)
         assert len(fs.find(path)) == 1
     else:
-        assert arr.shards is None
+        # on a filesystem, one shard per chunk row: a chunk deep, the whole (chunk-rounded) plane
+        assert arr.shards == (CHUNK_VOX[0], 96, 96)
+        fs, path = open_fs(join_uri(store.uri, store.case_path("c1"), "image", "c"), backend.storage_options)
+        assert len(fs.find(path)) == -(-image.shape[0] // CHUNK_VOX[0])
     assert arr.metadata.fill_value == -1024
     codecs = json.dumps(arr.metadata.to_dict()["codecs"])
     assert '"blosc"' in codecs and '"cname": "zstd"' in codecs and '"shuffle": "shuffle"' in codecs
