@@ -124,7 +124,7 @@ def test_same_objects_as_zarr_writer(raw, fmt, shards, where, tmp_path, request)
     new = stores["new"].case_record(case.case_id)
     assert {k: v for k, v in new.items() if k != "written"} == {k: v for k, v in old.items() if k != "written"}
     a, b = _objects(stores["old"], case.case_id), _objects(stores["new"], case.case_id)
-    n_data = sum("/c/" in k for k in a)  # default layout: chunks locally, (128, 256, 256) shards on S3
+    n_data = sum("/c/" in k for k in a)  # default layout: a shard per chunk row locally, (128, 256, 256) on S3
     assert n_data > (20 if where == "local" and not shards else 2) and sorted(a) == sorted(b)
     assert [k for k in a if a[k] != b[k]] == []
     assert new["labelled"] == (fmt == "nifti")  # the DICOM phantom is a series without a label map
