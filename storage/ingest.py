@@ -9,7 +9,8 @@ Memory: one case at a time. NIfTI inputs are decoded a slice at a time as they a
 (``storage.readers.nifti_stream``), so neither the input nor the output is ever whole; a DICOM
 series (or another format) is held whole while its output is computed a chunk row at a time
 (``storage.geometry.Resampled``, ``DatasetStore.write_case``). Threads: the inputs' checksum of a
-case with nothing to compare it with is computed beside its reading; statistics and encoding run
+case with nothing to compare it with is computed beside its reading and writing, and stored with
+the attributes after the arrays (``DatasetStore.write_case``'s ``late_attrs``); statistics and encoding run
 beside the resampling (``storage.case_arrays``). BLAS is held to one thread during a case
 (nothing here needs it; its idle threads would spin on the worker's cores).
 """
@@ -37,7 +38,7 @@ from storage.uri import is_object_store
 from storage.volume import Volume
 
 log = logging.getLogger(__name__)
-_PENDING = "sha256:pending"  # read_case's checksum while it is being computed beside it
+_PENDING = "sha256:pending"  # the checksum while it is being computed beside the conversion
 
 
 @dataclass
@@ -120,19 +121,6 @@ def _convert(source: CaseSource, plan: Plan, checksum: str,
     return out, label_out, meta
 
 
-def _convert_hashing(source: CaseSource, plan: Plan, uris: list[str], storage_options: dict | None,
-                     ) -> tuple[Resampled, Resampled | None, dict[str, Any], str]:
-    """:func:`_convert` while another thread computes the inputs' checksum (hashing releases the
-    GIL; reading a DICOM series is mostly Python): for a case with nothing to compare it with."""
-    with ThreadPoolExecutor(1, thread_name_prefix="pgl-checksum") as pool:
-        hashing = pool.submit(sha256_files, uris, storage_options)
-        image, label, meta = _convert(source, plan, _PENDING, storage_options)
-        checksum = hashing.result()
-    for where in (meta, image.vol.meta):
-        where["source_checksum"] = checksum
-    return image, label, meta, checksum
-
-
 def ingest_case(
     source: CaseSource,
     root_uri: str,
@@ -160,19 +148,25 @@ def _ingest_case(source: CaseSource, root_uri: str, dataset: str, plan: Plan, st
             return CaseResult(source.case_id, "failed", f"case id {source.case_id!r} already holds "
                               f"{previous['source']!r}; refusing to overwrite it with {source.source!r}", src,
                               time.perf_counter() - t0)
-        if force or not (previous and previous.get("status") == "done"):
-            image, label, meta, checksum = _convert_hashing(source, plan, list(uris), storage_options)
-        else:
-            checksum = sha256_files(list(uris), storage_options)
-            if store.is_done(source.case_id, checksum, plan.hash):
-                store.sweep_case(source.case_id)  # what a write killed before or after its record left
-                return CaseResult(source.case_id, "skipped", "unchanged source and plan", src,
-                                  time.perf_counter() - t0)
+        with ThreadPoolExecutor(1, thread_name_prefix="pgl-checksum") as pool:
+            if force or not (previous and previous.get("status") == "done"):
+                # nothing to compare with: the checksum is computed beside the reading and writing
+                # (hashing releases the GIL) and stored with the attributes, after the arrays
+                hashing = pool.submit(sha256_files, list(uris), storage_options)
+                checksum, late = _PENDING, (lambda: {"source_checksum": hashing.result()})
+            else:
+                checksum, late = sha256_files(list(uris), storage_options), None
+                if store.is_done(source.case_id, checksum, plan.hash):
+                    store.sweep_case(source.case_id)  # what a write killed before or after its record left
+                    return CaseResult(source.case_id, "skipped", "unchanged source and plan", src,
+                                      time.perf_counter() - t0)
             image, label, meta = _convert(source, plan, checksum, storage_options)
-        names = store.label_names() if label is not None else {}
-        store.write_case(source.case_id, image, label, with_source(case_attrs(image, meta, checksum, plan), source),
-                         chunk_vox=plan.chunk_vox, shard_vox=plan.shard_vox, zstd_level=plan.zstd_level,
-                         check_labels=lambda counts: check_declared_counts(counts, names, source.label_uri or src))
+            names = store.label_names() if label is not None else {}
+            store.write_case(source.case_id, image, label,
+                             with_source(case_attrs(image, meta, checksum, plan), source),
+                             chunk_vox=plan.chunk_vox, shard_vox=plan.shard_vox, zstd_level=plan.zstd_level,
+                             check_labels=lambda counts: check_declared_counts(counts, names, source.label_uri or src),
+                             late_attrs=late)
         return CaseResult(source.case_id, "done", "", src, time.perf_counter() - t0, list(image.shape))
     except TRANSIENT_ERRORS:
         raise

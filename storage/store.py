@@ -281,7 +281,8 @@ class DatasetStore:
     def write_case(self, case_id: str, image: np.ndarray | Slabs, label: np.ndarray | Slabs | None,
                    attrs: dict[str, Any], chunk_vox: tuple[int, int, int] = layout.DEFAULT_CHUNK_VOX,
                    shard_vox: tuple[int, int, int] | None = None, zstd_level: int = 1,
-                   check_labels: Callable[[dict[str, int]], None] | None = None) -> dict[str, Any]:
+                   check_labels: Callable[[dict[str, int]], None] | None = None,
+                   late_attrs: Callable[[], dict[str, Any]] | None = None) -> dict[str, Any]:
         """Write one case atomically and return its completion record.
 
         ``image``: int16 HU ``(z, y, x)``; ``label``: uint8 ``(z, y, x)`` or None; either an array or
@@ -294,7 +295,10 @@ class DatasetStore:
         in one atomic put (readers switch to the new arrays there; until then the old record and
         its arrays stay intact); then the old generation and any leftovers are removed.
         ``shard_vox=None``: shards of (128, 256, 256) on object stores, one shard per chunk row on a
-        filesystem (``case_arrays.array_layout``).
+        filesystem (``case_arrays.array_layout``). ``late_attrs()``: attributes known only once the
+        arrays are written (ingest's source checksum, computed beside the writing), replacing those
+        of ``attrs`` (which holds placeholders for them) before the attributes are checked again and
+        stored; raising there leaves the case as a failed write would.
         """
         layout.check_case_id(case_id)
         image = as_slabs(image)
@@ -311,6 +315,8 @@ class DatasetStore:
                                      direct=self.direct_writes)
         if check_labels is not None and counts is not None:
             check_labels(counts)
+        if late_attrs is not None:
+            attrs = {**attrs, **late_attrs()}
         case_attrs = layout.case_attributes(case_id, attrs, image.shape, stats, counts)
         group.attrs["pgl_case"] = case_attrs
         record = done_record(case_attrs, generation)

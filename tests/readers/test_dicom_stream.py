@@ -137,3 +137,26 @@ def test_broken_series_fails_with_nothing_stored(tmp_path, monkeypatch, damage) 
     assert store.case_record(case.case_id)["status"] == "failed"
     fs, base = open_fs(store.uri)
     assert not [p for p in fs.find(f"{base}/{case.case_id}") if "/image/" in p]
+
+
+def test_checksum_beside_the_write_is_stored_and_its_failure_fails_the_case(tmp_path, monkeypatch) -> None:
+    """A new case's checksum, computed while the case is read and written, is the one stored; when
+    computing it fails (a file unreadable by then), the case fails and nothing of it is done."""
+    import storage.ingest as ingest
+    from storage.checksum import sha256_files
+    from storage.errors import UnreadableInput
+
+    write_series(tmp_path / "raw", n=6)
+    case = _case(tmp_path / "raw")
+    result, store = _ingest(tmp_path, case, True, "ok", monkeypatch)
+    assert result.status == "done", result.reason
+    assert store.case_record(case.case_id)["source_checksum"] == sha256_files(list(case.image_uris))
+    assert store.case_attrs(case.case_id)["source_checksum"] == sha256_files(list(case.image_uris))
+
+    def unreadable(uris, storage_options=None):
+        raise UnreadableInput(uris[0], "input vanished while it was hashed")
+
+    monkeypatch.setattr(ingest, "sha256_files", unreadable)
+    result, store = _ingest(tmp_path, case, True, "bad", monkeypatch)
+    assert result.status == "failed" and "vanished while it was hashed" in result.reason, result.reason
+    assert store.case_record(case.case_id)["status"] == "failed"
