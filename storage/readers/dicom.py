@@ -1,7 +1,8 @@
 """DICOM: header sniffing, series grouping keys, validated slice order, pixel decoding.
 
-Headers are read with pydicom; pixels are decoded per slice with SimpleITK's bundled GDCM
-(every compressed transfer syntax, no plugins), falling back to pydicom for what GDCM rejects.
+Headers are read by ``storage.readers.dicom_header`` (a lean parser of ordinary files that gives
+pydicom's values) or else with pydicom; pixels are decoded per slice with SimpleITK's bundled
+GDCM (every compressed transfer syntax, no plugins), falling back to pydicom for what GDCM rejects.
 Enhanced (multi-frame) CT is decoded from stored values with the per-frame rescale.
 
 Choices (documented behaviour):
@@ -31,6 +32,7 @@ import SimpleITK as sitk
 from pydicom.dataset import Dataset
 
 from storage.errors import RefusedInput, UnreadableInput
+from storage.readers.dicom_header import LeanHeader, lean_header
 from storage.readers.dicom_pixels import decode_raw, raw_pixels
 from storage.volume import Volume
 
@@ -59,14 +61,14 @@ def looks_like_dicom(head: bytes, name: str) -> bool:
     return starts or name.lower().endswith((".dcm", ".dicom"))
 
 
-def _iop_key(ds: Dataset) -> str:
+def _iop_key(ds: Dataset | LeanHeader) -> str:
     iop = ds.get("ImageOrientationPatient")
     if iop is None or len(iop) != 6:
         return "no-orientation"
     return ",".join(f"{round(float(v), 2) + 0.0:.2f}" for v in iop)
 
 
-def header_from_dataset(ds: Dataset, uri: str) -> DicomHeader:
+def header_from_dataset(ds: Dataset | LeanHeader, uri: str) -> DicomHeader:
     """Grouping key and flags of one parsed header (read with deferred pixel data)."""
     sop_class = str(getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", "") or "")
     is_dicomdir = sop_class == _DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds
@@ -100,12 +102,19 @@ def read_dicom_file(src, uri: str, **kwargs) -> Dataset:
     return ds
 
 
-def _parse_header(fh, uri: str) -> DicomHeader:
+def _pydicom_header(fh, uri: str) -> tuple[Dataset, bool]:
+    """(dataset, whether its pixel data is truncated) read with pydicom from the file's start."""
+    fh.seek(0)
     try:
-        ds, truncated = read_dicom_file(fh, uri, defer_size=1024), False
+        return read_dicom_file(fh, uri, defer_size=1024), False
     except TruncatedFile:  # keep it in its series (read up to its pixels), which is then refused naming it
         fh.seek(0)
-        ds, truncated = read_dicom_file(fh, uri, stop_before_pixels=True), True
+        return read_dicom_file(fh, uri, stop_before_pixels=True), True
+
+
+def _parse_header(fh, uri: str) -> DicomHeader:
+    lean = lean_header(fh)
+    ds, truncated = (lean, False) if lean is not None else _pydicom_header(fh, uri)
     if not ds or not any(k in ds for k in ("SOPClassUID", "Modality", "Rows", "DirectoryRecordSequence")):
         raise UnreadableInput(uri, "not a DICOM dataset (no SOPClassUID, Modality or Rows)")
     header = header_from_dataset(ds, uri)
@@ -157,7 +166,7 @@ def _floats(value, n: int, what: str, path: str) -> np.ndarray:
     return arr
 
 
-def _classic_slice(ds: Dataset, path: str) -> _Slice:
+def _classic_slice(ds: Dataset | LeanHeader, path: str) -> _Slice:
     ps = _floats(ds.get("PixelSpacing"), 2, "PixelSpacing", path)
     shape = (int(ds.get("Rows") or 0), int(ds.get("Columns") or 0))
     slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
@@ -208,7 +217,7 @@ def _enhanced_slices(ds: Dataset, path: str) -> list[_Slice]:
     return out
 
 
-def _check_kind(ds: Dataset, path: str, allow_non_ct: bool) -> None:
+def _check_kind(ds: Dataset | LeanHeader, path: str, allow_non_ct: bool) -> None:
     modality = str(ds.get("Modality") or "").upper()
     if modality != "CT" and not allow_non_ct:
         raise RefusedInput(path, f"modality {modality or 'missing'} is not CT (allow_non_ct accepts it)")
@@ -225,12 +234,14 @@ def read_slices(paths: list[str], allow_non_ct: bool) -> tuple[list[_Slice], str
     """The slices of one series with their headers (pixels decoded later) and its modality."""
     slices, modality = [], ""
     for path in paths:
-        try:
-            ds = read_dicom_file(path, path, defer_size=1024)
-        except UnreadableInput:
-            raise
-        except Exception as exc:
-            raise UnreadableInput(path, f"unreadable DICOM header: {type(exc).__name__}: {exc}") from exc
+        ds: Dataset | LeanHeader | None = lean_header(path)
+        if ds is None:  # not plainly ordinary: pydicom reads it
+            try:
+                ds = read_dicom_file(path, path, defer_size=1024)
+            except UnreadableInput:
+                raise
+            except Exception as exc:
+                raise UnreadableInput(path, f"unreadable DICOM header: {type(exc).__name__}: {exc}") from exc
         _check_kind(ds, path, allow_non_ct)
         modality = str(ds.get("Modality") or "")
         if int(ds.get("NumberOfFrames") or 1) > 1:

@@ -15,12 +15,15 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from storage.errors import UnreadableInput
+from storage.readers.dicom_header import LeanHeader
 
 RAW_SYNTAXES = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1")  # implicit / explicit VR little endian
 
 
-def raw_pixels(ds: Dataset, shape: tuple[int, int], slope: float, intercept: float) -> tuple[int, str, int] | None:
-    """Where numpy can read this slice's pixels directly, else None (GDCM decodes it)."""
+def raw_pixels(ds: Dataset | LeanHeader, shape: tuple[int, int], slope: float,
+               intercept: float) -> tuple[int, str, int] | None:
+    """Where numpy can read this slice's pixels directly, else None (GDCM decodes it); ``ds`` read
+    with deferred pixel data."""
     syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
     if syntax not in RAW_SYNTAXES or "ModalityLUTSequence" in ds:
         return None
