@@ -6,7 +6,7 @@ DatasetStore on local disk and on S3 (a moto server started here), then times ra
 (default 20 x 134 x 134):
 
   (a) baseline: read the whole .nii.gz per crop, then slice (the TorchIO / MONAI default)
-  (b) DatasetStore.read_crop from a local directory (32 x 64 x 64 zstd chunks)
+  (b) DatasetStore.read_crop from a local directory (32 x 64 x 64 zstd chunks, one shard per chunk row)
   (c) DatasetStore.read_crop from S3 (same chunks, grouped in 128 x 256 x 256 shards), served
       by a moto ThreadedMotoServer that the benchmark starts in a child process
 
