@@ -36,8 +36,9 @@ def compressor(dtype: np.dtype, zstd_level: int, chunks: tuple[int, ...] | None 
     With ``chunks``, one Blosc block per chunk (``blocksize`` = the chunk's bytes) instead of
     Blosc's automatic 32 KiB-ish blocks at level 1: measured on a resampled 124 x 463 x 463 CT
     (256 chunks of 32 x 64 x 64, 7 interleaved rounds, median) 30 % faster to encode, 28 % faster
-    to decode, 1.5 % smaller; Blosc's own threads, which split a chunk by blocks, are not used by
-    the store (chunks are decoded and encoded in parallel instead)."""
+    to decode, 1.5 % smaller. The cost: Blosc can no longer split one chunk across its own threads
+    (numcodecs uses them only on the main thread; the writer encodes on worker threads), and
+    random crops, a few chunks each, were measured faster, not slower (``benchmarks/patch_read.py``)."""
     itemsize = int(np.dtype(dtype).itemsize)
     blocksize = int(np.prod(chunks)) * itemsize if chunks else 0
     return BloscCodec(cname="zstd", clevel=int(zstd_level), shuffle="shuffle", typesize=itemsize,

@@ -38,6 +38,11 @@ _FEW_LABELS = 24  # up to this many label values, count by comparison; more: bin
 _COUNT_BLOCK = 1 << 16
 
 
+def _slices_per_pass(slab: np.ndarray) -> int:
+    """Whole slices of ``slab`` (z, y, x) per pass: about ``_BLOCK_VOX`` voxels, at least one."""
+    return max(1, _BLOCK_VOX // max(1, int(np.prod(slab.shape[1:]))))
+
+
 class ImageStats:
     """Statistics of an int16 HU volume fed as z slabs (:meth:`add`), in any order, each once."""
 
@@ -55,7 +60,7 @@ class ImageStats:
         if z0 is not None:
             self.z = int(z0)
         lo_hu, hi_hu = int(STATS_CLIP_HU[0]), int(STATS_CLIP_HU[1])
-        step = max(1, _BLOCK_VOX // max(1, int(np.prod(slab.shape[1:]))))
+        step = _slices_per_pass(slab)
         for b in range(0, slab.shape[0], step):
             block = slab[b:b + step]
             if block.size == 0:
@@ -112,7 +117,7 @@ class LabelCounts:
             return
         top = int(slab.max())
         if top <= _FEW_LABELS:
-            step = max(1, _BLOCK_VOX // max(1, int(np.prod(slab.shape[1:]))))
+            step = _slices_per_pass(slab)
             for b in range(0, slab.shape[0], step):
                 block = slab[b:b + step]
                 found = [int(np.count_nonzero(block == v)) for v in range(1, top + 1)]

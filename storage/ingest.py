@@ -10,8 +10,8 @@ Memory: one case at a time. NIfTI inputs are decoded a slice at a time as they a
 series (or another format) is held whole while its output is computed a chunk row at a time
 (``storage.geometry.Resampled``, ``DatasetStore.write_case``). Threads: the inputs' checksum of a
 case with nothing to compare it with is computed beside its reading and writing, and stored with
-the attributes after the arrays (``DatasetStore.write_case``'s ``late_attrs``); statistics and encoding run
-beside the resampling (``storage.case_arrays``). BLAS is held to one thread during a case
+the attributes after the arrays (``DatasetStore.write_case``'s ``late_attrs``); statistics and
+encoding run beside the resampling (``storage.case_arrays``). BLAS is held to one thread during a case
 (nothing here needs it; its idle threads would spin on the worker's cores).
 """
 

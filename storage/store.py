@@ -9,8 +9,9 @@ version 2; version 1 is still read) is defined in ``storage/layout.py`` and docu
 
 Arrays are (z, y, x): ``image`` int16 HU, ``label`` uint8. The same code serves a local
 directory (zarr ``LocalStore``) and S3 (zarr ``FsspecStore`` over s3fs); chunks are grouped in
-shards (larger ones on object stores, one per chunk row on a filesystem). A ``DatasetStore`` pickles to its address only and re-opens
-lazily, so DataLoader worker processes (fork or spawn) can use it.
+shards (larger ones on object stores, one per chunk row on a filesystem). A ``DatasetStore``
+pickles to its address only and re-opens lazily, so DataLoader worker processes (fork or spawn)
+can use it.
 """
 
 from __future__ import annotations
