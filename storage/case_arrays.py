@@ -3,28 +3,33 @@ the streamed write of a case (:func:`write_arrays`).
 
 A case's arrays come as *slab sources*: objects with ``shape`` and ``dtype`` of the whole
 ``(z, y, x)`` array and ``slab(z0, z1)`` giving its slices ``[z0, z1)`` (an in-memory array through
-:class:`ArraySlabs`; a volume resampled on demand, ``storage.geometry.Resampled``). zarr-python writes
-the arrays' metadata; the chunks are written one chunk row at a time by
+:class:`ArraySlabs`; a volume resampled on demand, ``storage.geometry.Resampled``). zarr-python makes
+the group's and the arrays' metadata documents in memory (:class:`CaseDocuments`; the writer puts
+them through the store's filesystem: zarr's own store round trips cost ~10 ms per case alone and 30
+beside the converting threads); the chunks are written one chunk row at a time by
 ``storage.chunk_writer.ArrayWriter`` (the same bytes zarr writes, far less overhead per chunk), which
 also feeds the statistics and label counts of the case attributes, so the whole output never needs
 to exist at once. The next row is computed (resampled) on the calling thread while two worker
-threads take the previous one, one its statistics and label counts, the other its encoding and
-writes: two rows per array live at a time. Rows go in increasing z, or from the last when a source
-reads its input backwards (``Slabs.order``).
+threads take the previous one: its chunks' encoding in two halves, its statistics and label
+counts, then the writing of its objects; the last row, which no computing overlaps, is encoded on
+both threads while the calling thread takes its statistics. Two rows per array live at a time. Rows go in increasing z, or
+from the last when a source reads its input backwards (``Slabs.order``).
 """
 
 from __future__ import annotations
 
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
+from zarr.storage import MemoryStore
 
 from storage import layout
 from storage.case_stats import ImageStats, LabelCounts
 from storage.chunk_writer import ArrayWriter
+from storage.generations import GROUP_META
 
 _DIMS = ("z", "y", "x")
 
@@ -111,20 +116,54 @@ def write_array(group: zarr.Group, name: str, data: np.ndarray, chunks: tuple, s
     arr[...] = np.ascontiguousarray(data)
 
 
+class CaseDocuments:
+    """The ``zarr.json`` documents of one case group ``node`` (a path inside the dataset) and of its
+    arrays (``{name: (shape, dtype)}``), exactly as zarr-python writes them, made by zarr-python in
+    a memory store. :attr:`documents`: ``{path: bytes}`` (paths inside the dataset, parents
+    included: ``zarr.json`` of the dataset and of every folder above ``node``, as zarr creates
+    them when missing); :meth:`metadata` one array's metadata dict; :meth:`group_document` the
+    group's document with attributes."""
+
+    def __init__(self, node: str, arrays: dict[str, tuple[tuple[int, ...], np.dtype]], chunks: tuple,
+                 shards: tuple | None, zstd_level: int) -> None:
+        self._held: dict[str, Any] = {}
+        self._group = zarr.open_group(MemoryStore(store_dict=self._held), path=node, mode="w", zarr_format=3)
+        self.node, self.chunks = node, tuple(int(c) for c in chunks)
+        self._arrays = {name: create_array(self._group, name, shape, dtype, chunks, shards, zstd_level)
+                        for name, (shape, dtype) in arrays.items()}
+        self.documents = {key: buf.to_bytes() for key, buf in self._held.items()}
+
+    def metadata(self, name: str) -> dict[str, Any]:
+        return self._arrays[name].metadata.to_dict()
+
+    def group_document(self, attributes: dict[str, Any]) -> bytes:
+        """The group's ``zarr.json`` holding ``attributes`` (as ``group.attrs.update`` writes it)."""
+        self._group.attrs.update(attributes)
+        return self._held[f"{self.node}/{GROUP_META}"].to_bytes()
+
+
 class _RowSink:
-    """Chunk rows of one array: written directly (``ArrayWriter``), else (a layout the direct
-    writer does not reproduce, or ``direct=False``) through zarr; rows in any order."""
+    """Chunk rows of one array: encoded and written directly (``ArrayWriter``), else (a layout the
+    direct writer does not reproduce, or ``direct=False``) written through zarr (``open_array()``);
+    rows in any order. ``parts(z0, slab)``: the row's encoding in independent calls (each returns
+    its part), then ``store(z0, slab, encoded)`` with the parts' results."""
 
-    def __init__(self, arr: zarr.Array, fs: Any, path: str, name: str, direct: bool) -> None:
-        self.arr = arr
-        self.writer = ArrayWriter.for_metadata(fs, path, arr.metadata.to_dict(), layout.FILL_VALUE[name]) \
-            if direct else None
+    def __init__(self, meta: dict[str, Any], fs: Any, path: str, name: str, direct: bool,
+                 open_array: Callable[[], zarr.Array]) -> None:
+        self.writer = ArrayWriter.for_metadata(fs, path, meta, layout.FILL_VALUE[name]) if direct else None
+        self.arr = open_array() if self.writer is None else None
 
-    def write(self, z0: int, slab: np.ndarray) -> None:
+    def parts(self, z0: int, slab: np.ndarray, n: int) -> list[Callable[[], Any]]:
+        if self.writer is None:
+            return []
+        row = z0 // self.writer.chunk[0]
+        return [lambda k=k: self.writer.encode_row(slab, row, k, n) for k in range(n)]
+
+    def store(self, z0: int, slab: np.ndarray, encoded: list[Any]) -> None:
         if self.writer is None:
             self.arr[z0:z0 + slab.shape[0]] = np.ascontiguousarray(slab)
         else:
-            self.writer.write_row(slab, z0 // self.writer.chunk[0])
+            self.writer.store_row(z0 // self.writer.chunk[0], {k: v for part in encoded for k, v in part.items()})
 
     def close(self) -> None:
         if self.writer is not None:
@@ -140,35 +179,48 @@ def _descending(sources: dict[str, Slabs]) -> bool:
     return orders == {"descending"}
 
 
-def write_arrays(group: zarr.Group, fs: Any, group_path: str, image: Slabs, label: Slabs | None,
-                 chunks: tuple, shards: tuple | None, zstd_level: int,
+_ENCODE_PARTS = {"image": 2, "label": 1}  # label rows (uint8, mostly empty) encode in a fraction of the time
+
+
+def write_arrays(docs: CaseDocuments, fs: Any, group_path: str, image: Slabs, label: Slabs | None,
+                 open_array: Callable[[str], zarr.Array],
                  direct: bool = True) -> tuple[dict[str, Any], dict[str, int] | None]:
-    """Write ``image`` (and ``label``) as arrays of ``group`` (at ``group_path`` in ``fs``), one chunk
-    row at a time (see the module doc; from the last row when a source reads its input backwards,
-    ``order``); returns (image statistics, label counts or None)."""
+    """Write ``image`` (and ``label``), the arrays ``docs`` describes, at ``group_path`` in ``fs``,
+    one chunk row at a time (see the module doc; from the last row when a source reads its input
+    backwards, ``order``); their metadata documents must be in place (``open_array(name)`` opens one
+    with zarr for a layout the direct writer does not reproduce). Returns (image statistics, label
+    counts or None)."""
     sources = {"image": image, **({"label": label} if label is not None else {})}
-    sinks = {name: _RowSink(create_array(group, name, src.shape, src.dtype, chunks, shards, zstd_level),
-                            fs, f"{group_path}/{name}", name, direct) for name, src in sources.items()}
+    sinks = {name: _RowSink(docs.metadata(name), fs, f"{group_path}/{name}", name, direct,
+                            lambda name=name: open_array(name)) for name in sources}
     stats, counts = ImageStats(), LabelCounts() if label is not None else None
 
-    def measure(z0: int, slabs: dict[str, np.ndarray]) -> None:
-        stats.add(slabs["image"], z0)
+    def measure(at: int, row_slabs: dict[str, np.ndarray]) -> None:
+        stats.add(row_slabs["image"], at)
         if counts is not None:
-            counts.add(slabs["label"])
+            counts.add(row_slabs["label"])
 
-    def write(z0: int, slabs: dict[str, np.ndarray]) -> None:
-        for name, slab in slabs.items():
-            sinks[name].write(z0, slab)
+    def store(at: int, row_slabs: dict[str, np.ndarray], encoding: dict[str, list[Future]]) -> None:
+        for name, slab in row_slabs.items():
+            sinks[name].store(at, slab, [part.result() for part in encoding[name]])
 
-    rows = range(0, image.shape[0], chunks[0])
+    rows = range(0, image.shape[0], docs.chunks[0])
     pending: list[Future] = []
     with ThreadPoolExecutor(2, thread_name_prefix="pgl-chunk-rows") as pool:
         try:
-            for z0 in (reversed(rows) if _descending(sources) else rows):
-                slabs = {name: src.slab(z0, min(z0 + chunks[0], image.shape[0])) for name, src in sources.items()}
+            order = list(reversed(rows) if _descending(sources) else rows)
+            for z0 in order:
+                slabs = {name: src.slab(z0, min(z0 + rows.step, image.shape[0])) for name, src in sources.items()}
                 for done in pending:
                     done.result()
-                pending = [pool.submit(measure, z0, slabs), pool.submit(write, z0, slabs)]
+                encoding = {name: [pool.submit(part) for part in sinks[name].parts(z0, slab, _ENCODE_PARTS[name])]
+                            for name, slab in slabs.items()}
+                # FIFO: the store task starts after its parts have started, so its wait cannot block them
+                pending = [*(f for parts in encoding.values() for f in parts), pool.submit(store, z0, slabs, encoding)]
+                if z0 == order[-1]:
+                    measure(z0, slabs)  # nothing left to compute here: the last row's statistics
+                else:
+                    pending.append(pool.submit(measure, z0, slabs))
             for done in pending:
                 done.result()
             for src in sources.values():

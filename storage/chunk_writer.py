@@ -113,25 +113,42 @@ class ArrayWriter:
 
     def _encode(self, region: np.ndarray) -> bytes | None:
         """One chunk's bytes (None: all fill value, not stored); ``region`` may be an edge part."""
-        if region.size and region.min() == self.fill and region.max() == self.fill:
-            return None
         if region.shape != self.chunk:
             full = np.full(self.chunk, self.fill, dtype=self.dtype)
             full[tuple(slice(0, n) for n in region.shape)] = region
             region = full
-        return bytes(self.codec.encode(np.ascontiguousarray(region, dtype=self.dtype.newbyteorder("<"))))
+        chunk = np.ascontiguousarray(region, dtype=self.dtype.newbyteorder("<"))
+        flat = chunk.reshape(-1)
+        # most chunks hold other values at a corner or the centre: the whole check only for the rest
+        if flat[0] == self.fill and flat[-1] == self.fill and flat[flat.size // 2] == self.fill \
+                and chunk.min() == self.fill and chunk.max() == self.fill:
+            return None
+        return bytes(self.codec.encode(chunk))
 
     def write_row(self, slab: np.ndarray, row: int) -> None:
         """Chunk row ``row``: slices ``[row * chunk_z, ...)`` of the array, one chunk deep (the last
         row may be shallower), ``(z, y, x)``. Rows may come in any order, each once; a shard is
         written when the last of its rows arrives."""
+        self.store_row(row, self.encode_row(slab, row))
+
+    def encode_row(self, slab: np.ndarray, row: int, part: int = 0, parts: int = 1) -> dict[tuple[int, int, int], bytes | None]:
+        """The encoded chunks of row ``row`` (see :meth:`write_row`), of its ``part``-th of
+        ``parts`` runs of chunk rows in y: parts of one row may be encoded concurrently (nothing
+        is written or kept here), then handed to :meth:`store_row` together."""
         gz, (cz, cy, cx) = int(row), self.chunk
         want = min(cz, self.shape[0] - gz * cz)
         if not 0 <= gz < self.grid[0] or gz in self.rows_done or slab.shape != (want, *self.shape[1:]):
             raise ValueError(f"{self.path}: chunk row {gz} (of {self.grid[0]}, {len(self.rows_done)} written) must be "
                              f"new and have shape {(want, *self.shape[1:])}, got {slab.shape}")
-        encoded = {(gz, gy, gx): self._encode(slab[:, gy * cy:(gy + 1) * cy, gx * cx:(gx + 1) * cx])
-                   for gy in range(self.grid[1]) for gx in range(self.grid[2])}
+        ys = range(self.grid[1])[part * self.grid[1] // parts:(part + 1) * self.grid[1] // parts]
+        return {(gz, gy, gx): self._encode(slab[:, gy * cy:(gy + 1) * cy, gx * cx:(gx + 1) * cx])
+                for gy in ys for gx in range(self.grid[2])}
+
+    def store_row(self, row: int, encoded: dict[tuple[int, int, int], bytes | None]) -> None:
+        """Keep or write row ``row``'s encoded chunks (every part of :meth:`encode_row`)."""
+        gz = int(row)
+        if gz in self.rows_done or len(encoded) != self.grid[1] * self.grid[2] or any(c[0] != gz for c in encoded):
+            raise ValueError(f"{self.path}: chunk row {gz} must be new and hold its {self.grid[1] * self.grid[2]} chunks")
         self.rows_done.add(gz)
         if self.shard is None:
             self._put({self._key(c): data for c, data in encoded.items() if data is not None})

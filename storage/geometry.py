@@ -121,10 +121,11 @@ class _Axis:
             self.lo = np.floor(coords).astype(np.intp)
             self.weight = (coords - self.lo).astype(np.float32)
             self.hi = np.where(self.weight > 0, self.lo + 1, self.lo)
+        self.interpolates = self.weight is not None and bool(np.any(self.weight))
 
     def apply(self, a: np.ndarray, axis: int) -> np.ndarray:
         lo = np.take(a, self.lo, axis=axis)
-        if self.weight is None or not np.any(self.weight):
+        if not self.interpolates:
             return lo
         hi = np.take(a, self.hi, axis=axis)
         shape = [1] * a.ndim
@@ -190,7 +191,7 @@ class _Edges:
             row[:, ax.outside] = self.finish(raw[np.ix_(ay.nearest, ax.nearest[ax.outside])].astype(np.float32))
 
 
-def _separable(planes: _Planes, az: _Axis, finish: Callable[[np.ndarray], np.ndarray], out: np.ndarray,
+def _separable(planes: _Planes, az: _Axis, store: "_Store", out: np.ndarray,
                z0: int = 0, edges: _Edges | None = None, descending: bool = False) -> np.ndarray:
     """Output slices ``z0 .. z0 + len(out)`` of the resampled volume into ``out`` (z, y, x).
 
@@ -205,15 +206,34 @@ def _separable(planes: _Planes, az: _Axis, finish: Callable[[np.ndarray], np.nda
             planes(int(az.hi[k]))  # the upper neighbour is read first
         lo = planes(int(az.lo[k]))
         if not interpolated:
-            out[j] = finish(lo.copy() if not planes.nearest else lo)
+            store(lo, out[j], False)
         else:
             mixed = planes(int(az.hi[k])) - lo
             mixed *= az.weight[k]
             mixed += lo
-            out[j] = finish(mixed)
+            store(mixed, out[j], True)
         if edges is not None:
             edges.apply(planes, k, out[j])
     return out
+
+
+_Store = Callable[[np.ndarray, np.ndarray, bool], None]
+"""``store(values, row, temporary)``: one output slice's float32 (labels: stored) ``values`` into
+the output ``row``; ``temporary``: ``values`` may be overwritten (else it is a cached plane)."""
+
+
+def _store_as_is(values: np.ndarray, row: np.ndarray, temporary: bool) -> None:
+    row[...] = values
+
+
+def _store_rounded(values: np.ndarray, row: np.ndarray, temporary: bool) -> None:
+    row[...] = _round_int16(values if temporary else values.copy())
+
+
+def _store_rounded_in_range(values: np.ndarray, row: np.ndarray, temporary: bool) -> None:
+    """Values interpolated from an input within int16 (convex combinations: still within it):
+    rounded straight into the int16 row, no clipping (the same voxels as :func:`_store_rounded`)."""
+    np.rint(values, out=row, casting="unsafe")
 
 
 def _round_int16(a: np.ndarray) -> np.ndarray:
@@ -239,13 +259,15 @@ class Resampled:
         shape_in = vol.array.shape
         self.axes = [_Axis(_source_coords(shape_in[a], size_xyz[2 - a], vol.spacing_mm[2 - a],
                                           out_spacing[2 - a]), shape_in[a], is_label) for a in range(3)]
+        store: _Store = _store_as_is
         if is_label:
             dtype, finish = vol.array.dtype, (lambda a: a)
         elif np.issubdtype(vol.array.dtype, np.integer):
             dtype, finish = np.dtype(np.int16), _round_int16
+            store = _store_rounded_in_range if np.can_cast(vol.array.dtype, np.int16) else _store_rounded
         else:
             dtype, finish = np.dtype(np.float32), (lambda a: a)
-        self.vol, self.is_label, self.to_output = vol, is_label, finish
+        self.vol, self.is_label, self.to_output = vol, is_label, store
         self.identity = all(ax.identity for ax in self.axes) and vol.array.dtype == dtype
         self.resampled_dtype = np.dtype(dtype)
         self.to_int16 = to_int16 and not is_label and self.resampled_dtype != np.int16

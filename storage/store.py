@@ -27,7 +27,8 @@ import zarr
 from zarr.storage import FsspecStore, LocalStore
 
 from storage import blobs, generations, layout
-from storage.case_arrays import Slabs, array_layout, as_slabs, write_arrays
+from storage.case_arrays import CaseDocuments, Slabs, array_layout, as_slabs, write_arrays
+from storage.chunk_writer import put_objects
 from storage.errors import DatasetNotFound, StorageError
 from storage.manifest import (build_manifest, current_done, done_record, failed_record, manifest_cases,
                               manifest_hash as _manifest_hash, plan_hash)
@@ -310,21 +311,36 @@ class DatasetStore:
         names = generations.children(fs, f"{base}/{case_id}")
         generation = generations.next_generation(names, (self.case_record(case_id) or {}).get("generation"))
         node = layout.case_node(case_id, generation)
-        group = zarr.open_group(self.zstore, path=node, mode="w", zarr_format=3)
         chunks, shards = array_layout(image.shape, chunk_vox, shard_vox, is_object_store(self.uri))
-        stats, counts = write_arrays(group, fs, f"{base}/{node}", image, label, chunks, shards, zstd_level,
-                                     direct=self.direct_writes)
+        arrays = {name: (src.shape, src.dtype) for name, src in (("image", image), ("label", label)) if src is not None}
+        docs = CaseDocuments(node, arrays, chunks, shards, zstd_level)
+        put_objects(fs, {f"{base}/{key}": data for key, data in docs.documents.items()
+                         if key.startswith(f"{node}/") or self._missing_parent(key, case_id, names)})
+        stats, counts = write_arrays(
+            docs, fs, f"{base}/{node}", image, label, direct=self.direct_writes,
+            open_array=lambda name: zarr.open_array(self.zstore, path=f"{node}/{name}", mode="r+", zarr_format=3))
         if check_labels is not None and counts is not None:
             check_labels(counts)
         if late_attrs is not None:
             attrs = {**attrs, **late_attrs()}
         case_attrs = layout.case_attributes(case_id, attrs, image.shape, stats, counts)
-        group.attrs["pgl_case"] = case_attrs
+        put_objects(fs, {f"{base}/{node}/{generations.GROUP_META}": docs.group_document({"pgl_case": case_attrs})})
         record = done_record(case_attrs, generation)
         self._put_json(self._record_uri(case_id), record)
         self._invalidate(case_id)
         self._tidy(case_id, record, names)
         return record
+
+    def _missing_parent(self, key: str, case_id: str, names: list[str]) -> bool:
+        """Whether the group document ``key`` above a new generation is missing, so that the
+        writer puts it as zarr would: the case folder's when the folder has none, the dataset's
+        (checked only for a new case folder) when it has none."""
+        if key == f"{case_id}/{generations.GROUP_META}":
+            return generations.GROUP_META not in names
+        if key == generations.GROUP_META and not names:
+            fs, base = self._fs
+            return not fs.exists(f"{base}/{generations.GROUP_META}")
+        return False
 
     # --- reading -----------------------------------------------------------------------
     def case_path(self, case_id: str) -> str:

@@ -112,3 +112,19 @@ def test_canonicalize_matches_dicomorient(smooth_hu: np.ndarray, perm, signs) ->
     assert out.spacing_mm == ref.GetSpacing()
     np.testing.assert_allclose(out.origin_mm, ref.GetOrigin(), atol=1e-9)
     np.testing.assert_allclose(out.direction, ref.GetDirection(), atol=1e-12)
+
+
+def test_int16_rounding_without_clip_equals_the_clipping_path(smooth_hu: np.ndarray) -> None:
+    """An int16 input is rounded straight into the output (convex combinations stay in range); the
+    same values as a wider integer type, which takes the rounding and clipping path, give the same
+    voxels; values beyond int16 are clipped."""
+    src, dst = SPACINGS[1]
+    direction = tuple(np.eye(3).reshape(-1))
+    extreme = smooth_hu.astype(np.int32) * 36  # up to about +-32400: near both ends of int16
+    narrow = resample(Volume(extreme.astype(np.int16), src, (0, 0, 0), direction), dst).array
+    wide = resample(Volume(extreme, src, (0, 0, 0), direction), dst).array
+    assert narrow.dtype == wide.dtype == np.int16
+    np.testing.assert_array_equal(narrow, wide)
+    unsigned = np.abs(extreme).astype(np.uint16) * 2  # up to about 64800
+    big = resample(Volume(unsigned, src, (0, 0, 0), direction), dst).array
+    assert big.dtype == np.int16 and big.max() == 32767 and big.min() >= 0

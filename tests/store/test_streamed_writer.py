@@ -171,3 +171,44 @@ def test_resampled_output_is_never_whole(tmp_path) -> None:
     assert peak < out_bytes / 4, f"peak {peak / 1e6:.1f} MB for a {out_bytes / 1e6:.1f} MB output"
     np.testing.assert_array_equal(store.read_full("c"), resample(src, (1.0, 1.0, 0.5)).array)
     assert json.loads(json.dumps(store.case_attrs("c")["stats"])) == _old_image_stats(store.read_full("c"))
+
+
+def test_row_parts_encode_the_same_chunks(tmp_path) -> None:
+    """A chunk row encoded in parts (as two threads do) holds exactly the chunks of one encode,
+    and a row handed over with a part missing is refused."""
+    from storage.case_arrays import CaseDocuments
+    from storage.chunk_writer import ArrayWriter
+    rng = np.random.default_rng(2)
+    slab = rng.normal(0, 300, (8, 70, 90)).astype(np.int16)
+    slab[:, :16, :32] = -1024  # chunks of fill only: not stored
+    docs = CaseDocuments("c/g1", {"image": ((8, 70, 90), np.dtype(np.int16))}, (8, 16, 16), None, 1)
+    writer = ArrayWriter.for_metadata(None, str(tmp_path), docs.metadata("image"), -1024)
+    whole = writer.encode_row(slab, 0)
+    for parts in (2, 3, 5, 9):
+        joined = {k: v for p in range(parts) for k, v in writer.encode_row(slab, 0, p, parts).items()}
+        assert joined == whole
+    assert whole[(0, 0, 0)] is None and whole[(0, 0, 1)] is None and len(whole) == 5 * 6
+    with pytest.raises(ValueError, match="must be new and hold its 30 chunks"):
+        writer.store_row(0, writer.encode_row(slab, 0, 0, 2))
+
+
+def test_new_dataset_folder_gets_zarrs_parent_groups(tmp_path) -> None:
+    """Written directly, the group documents above a case's generation are those zarr creates
+    when they are missing, and an existing case group keeps its own (its attributes too)."""
+    from zarr.storage import MemoryStore
+    held: dict = {}
+    zarr.open_group(MemoryStore(store_dict=held), path="a/g1", mode="w", zarr_format=3)
+    empty_group = held["zarr.json"].to_bytes()
+    attrs = {"spacing": (1, 1, 2), "origin": (0, 0, 0), "direction": (1, 0, 0, 0, 1, 0, 0, 0, 1),
+             "source_checksum": "sha256:x", "plan_hash": "p"}
+    image = np.zeros((9, 20, 20), np.int16)
+    store = DatasetStore(str(tmp_path), "ds", create=True)  # no ensure(): not even the dataset group
+    store.write_case("c", image, None, attrs, chunk_vox=(8, 16, 16))
+    folder = tmp_path / "ds"
+    assert (folder / "zarr.json").read_bytes() == empty_group == (folder / "c" / "zarr.json").read_bytes()
+    zarr.open_group(store.zstore, path="d", mode="w", zarr_format=3).attrs["kept"] = 1
+    before = (folder / "d" / "zarr.json").read_bytes()
+    store.write_case("d", image, None, attrs, chunk_vox=(8, 16, 16))
+    assert (folder / "d" / "zarr.json").read_bytes() == before
+    np.testing.assert_array_equal(store.read_full("d"), image)
+    assert zarr.open_group(store.zstore, path=store.case_path("d"), mode="r").attrs["pgl_case"]["plan_hash"] == "p"
