@@ -48,9 +48,31 @@ class S3Server:
         return f"s3://{name}"
 
 
+def _remember_backends() -> None:
+    """Make moto's server resolve each request's backend once per host: it lists its package folder
+    (a stat per module) and tries hundreds of URL patterns on every request, under a lock. The
+    answer depends on the host alone; measured 8.9 -> 6.6 ms per small PUT."""
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication
+
+    lookup = DomainDispatcherApplication.get_backend_for_host
+    if getattr(lookup, "remembered", False):
+        return
+    known: dict[Any, Any] = {}
+
+    def remembered(self: Any, host: Any) -> Any:
+        if host not in known:
+            known[host] = lookup(self, host)
+        return known[host]
+
+    remembered.remembered = True  # type: ignore[attr-defined]
+    DomainDispatcherApplication.get_backend_for_host = remembered  # type: ignore[method-assign]
+
+
 def start_moto() -> tuple[Any, S3Server]:
     """Start a ThreadedMotoServer on 127.0.0.1 (random port); returns (server, S3Server)."""
     from moto.server import ThreadedMotoServer
+
+    _remember_backends()
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
