@@ -12,8 +12,9 @@ also feeds the statistics and label counts of the case attributes, so the whole 
 to exist at once. The next row is computed (resampled) on the calling thread while two worker
 threads take the previous one: its chunks' encoding in two halves, its statistics and label
 counts, then the writing of its objects; the last row, which no computing overlaps, is encoded on
-both threads while the calling thread takes its statistics. Two rows per array live at a time. Rows go in increasing z, or
-from the last when a source reads its input backwards (``Slabs.order``).
+both threads while the calling thread takes its statistics. Two rows per array live at a time.
+Rows go in increasing z, or from the last when a source reads its input backwards
+(``Slabs.order``).
 """
 
 from __future__ import annotations

@@ -131,7 +131,8 @@ class ArrayWriter:
         written when the last of its rows arrives."""
         self.store_row(row, self.encode_row(slab, row))
 
-    def encode_row(self, slab: np.ndarray, row: int, part: int = 0, parts: int = 1) -> dict[tuple[int, int, int], bytes | None]:
+    def encode_row(self, slab: np.ndarray, row: int, part: int = 0,
+                   parts: int = 1) -> dict[tuple[int, int, int], bytes | None]:
         """The encoded chunks of row ``row`` (see :meth:`write_row`), of its ``part``-th of
         ``parts`` runs of chunk rows in y: parts of one row may be encoded concurrently (nothing
         is written or kept here), then handed to :meth:`store_row` together."""
@@ -148,7 +149,8 @@ class ArrayWriter:
         """Keep or write row ``row``'s encoded chunks (every part of :meth:`encode_row`)."""
         gz = int(row)
         if gz in self.rows_done or len(encoded) != self.grid[1] * self.grid[2] or any(c[0] != gz for c in encoded):
-            raise ValueError(f"{self.path}: chunk row {gz} must be new and hold its {self.grid[1] * self.grid[2]} chunks")
+            raise ValueError(f"{self.path}: chunk row {gz} must be new and hold its "
+                             f"{self.grid[1] * self.grid[2]} chunks")
         self.rows_done.add(gz)
         if self.shard is None:
             self._put({self._key(c): data for c, data in encoded.items() if data is not None})
