@@ -259,15 +259,17 @@ class Resampled:
         shape_in = vol.array.shape
         self.axes = [_Axis(_source_coords(shape_in[a], size_xyz[2 - a], vol.spacing_mm[2 - a],
                                           out_spacing[2 - a]), shape_in[a], is_label) for a in range(3)]
+        # store: how _separable writes an output slice; finish: how _Edges turns extrapolated values
         store: _Store = _store_as_is
+        finish: Callable[[np.ndarray], np.ndarray] = lambda a: a
         if is_label:
-            dtype, finish = vol.array.dtype, (lambda a: a)
+            dtype = vol.array.dtype
         elif np.issubdtype(vol.array.dtype, np.integer):
             dtype, finish = np.dtype(np.int16), _round_int16
             store = _store_rounded_in_range if np.can_cast(vol.array.dtype, np.int16) else _store_rounded
         else:
-            dtype, finish = np.dtype(np.float32), (lambda a: a)
-        self.vol, self.is_label, self.to_output = vol, is_label, store
+            dtype = np.dtype(np.float32)
+        self.vol, self.is_label, self.store = vol, is_label, store
         self.identity = all(ax.identity for ax in self.axes) and vol.array.dtype == dtype
         self.resampled_dtype = np.dtype(dtype)
         self.to_int16 = to_int16 and not is_label and self.resampled_dtype != np.int16
@@ -295,7 +297,7 @@ class Resampled:
             out = self.vol.array[z0:z1]
         else:
             out = np.empty((z1 - z0, *self.shape[1:]), dtype=self.resampled_dtype)
-            _separable(self._planes, self.axes[0], self.to_output, out, z0, self._edges, self.order == "descending")
+            _separable(self._planes, self.axes[0], self.store, out, z0, self._edges, self.order == "descending")
         return _int16_of(out) if self.to_int16 else out
 
 
